@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
+from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from accounts import services
+from accounts.models import PublicUser, Session, User
+
+
+class UserCreateForm(AdminUserCreationForm):
+    class Meta:
+        model = User
+        fields = ("email", "username")
+
+
+class UserEditForm(UserChangeForm):
+    class Meta:
+        model = User
+        fields = "__all__"
+
+
+class PublicUserInline(admin.StackedInline):
+    model = PublicUser
+    can_delete = False
+    fields = ("role", "email", "username", "display_name", "created_at", "updated_at")
+    readonly_fields = ("email", "username", "display_name", "created_at", "updated_at")
+    verbose_name_plural = "public user (mirror)"
+
+
+class SessionInline(admin.TabularInline):
+    model = Session
+    extra = 0
+    can_delete = False
+    fields = ("id", "created_at", "expires_at", "revoked_at", "revoked_reason", "ip", "user_agent")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+    show_change_link = True
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(User)
+class UserAdmin(BaseUserAdmin):
+    form = UserEditForm
+    add_form = UserCreateForm
+    ordering = ("-date_joined",)
+    list_display = ("email", "username", "display_name", "role", "is_active", "is_staff", "date_joined")
+    list_filter = ("profile__role", "is_active", "is_staff", "date_joined")
+    search_fields = ("email", "username", "display_name")
+    readonly_fields = ("id", "date_joined", "last_login")
+    fieldsets = (
+        (None, {"fields": ("id", "email", "username", "display_name", "password")}),
+        ("Status", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        ("Dates", {"fields": ("date_joined", "last_login")}),
+    )
+    add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "username", "password1", "password2")}),)
+    inlines = [PublicUserInline, SessionInline]
+    list_select_related = ("profile",)
+
+    @admin.display(description="role", ordering="profile__role")
+    def role(self, user: User) -> str:
+        profile = getattr(user, "profile", None)
+        return profile.role if profile else "-"
+
+    def get_inlines(self, request: HttpRequest, obj: Any) -> list:
+        # The mirror row is created by users-sync on save, not by the add form.
+        return self.inlines if obj is not None else []
+
+
+@admin.register(Session)
+class SessionAdmin(admin.ModelAdmin):
+    list_display = ("id", "user", "created_at", "expires_at", "revoked_at", "revoked_reason", "ip")
+    list_filter = ("revoked_reason", "created_at")
+    search_fields = ("user__email", "=id", "ip")
+    list_select_related = ("user",)
+    ordering = ("-created_at",)
+    actions = ["revoke_sessions"]
+    readonly_fields = ("id", "user", "created_at", "expires_at", "revoked_at", "revoked_reason", "ip", "user_agent")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Revoke selected sessions (ends their access and refresh tokens)")
+    def revoke_sessions(self, request: HttpRequest, queryset: QuerySet[Session]) -> None:
+        count = services.session_revoke(session_ids=list(queryset.values_list("pk", flat=True)), reason="admin")
+        self.message_user(request, f"Revoked {count} session(s).", messages.SUCCESS)
+
+
+@admin.register(PublicUser)
+class PublicUserAdmin(admin.ModelAdmin):
+    list_display = ("email", "username", "display_name", "role", "created_at", "updated_at")
+    list_filter = ("role",)
+    search_fields = ("email", "username", "display_name")
+    readonly_fields = ("user", "email", "username", "display_name", "created_at", "updated_at")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # rows are created by users-sync

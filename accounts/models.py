@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.models import PermissionsMixin
+from django.db import models, transaction
+from django.db.models import CharField, EmailField
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+# `email__lower=...` compiles to LOWER("email") = %s, which the functional
+# unique indexes below serve: one indexed lookup, case-insensitively.
+CharField.register_lookup(Lower)
+EmailField.register_lookup(Lower)
+
+
+def normalize_email(email: str) -> str:
+    return BaseUserManager.normalize_email(email.strip())
+
+
+class UserManager(BaseUserManager["User"]):
+    use_in_migrations = True
+
+    def create_user(self, email: str, password: str | None = None, **extra: object) -> User:
+        if not email:
+            raise ValueError("Users must have an email address")
+        user = self.model(email=normalize_email(email), **extra)
+        user.set_password(password)  # None -> unusable password
+        user.save(using=self._db)
+        return user
+
+    def create_superuser(self, email: str, password: str | None = None, **extra: object) -> User:
+        extra.setdefault("is_staff", True)
+        extra.setdefault("is_superuser", True)
+        return self.create_user(email, password, **extra)
+
+    def get_by_natural_key(self, email: str) -> User:
+        # The admin login form and createsuperuser look users up here:
+        # case-insensitive like the API.
+        return self.get(email__lower=email.strip().lower())
+
+
+class User(AbstractBaseUser, PermissionsMixin):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # unique=True satisfies Django's USERNAME_FIELD check; the Lower() constraint
+    # below is what makes Alice@X.io and alice@x.io one account.
+    email = models.EmailField(max_length=254, unique=True)
+    username = models.CharField(max_length=30, null=True, blank=True)
+    display_name = models.CharField(max_length=100, blank=True, default="")
+    is_active = models.BooleanField(default=True)
+    is_staff = models.BooleanField(default=False)
+    date_joined = models.DateTimeField(default=timezone.now)
+
+    objects = UserManager()
+
+    USERNAME_FIELD = "email"
+    EMAIL_FIELD = "email"
+    REQUIRED_FIELDS: list[str] = []
+
+    class Meta:
+        db_table = "auth_users"
+        constraints = [
+            models.UniqueConstraint(Lower("email"), name="auth_users_email_ci_unique"),
+            models.UniqueConstraint(Lower("username"), name="auth_users_username_ci_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return self.email
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        self.email = normalize_email(self.email)
+        if self.username == "":
+            self.username = None  # blank in the admin means "no username", not a duplicate ""
+        # post_save (users-sync) runs inside this block, so the mirror row is
+        # written in the same transaction by every ORM path: API, admin,
+        # createsuperuser, shell. savepoint=False: no extra round trips.
+        with transaction.atomic(using=kwargs.get("using"), savepoint=False):
+            super().save(*args, **kwargs)
+
+
+class Role(models.TextChoices):
+    VIEWER = "viewer", "Viewer"
+    EDITOR = "editor", "Editor"
+    ADMIN = "admin", "Admin"
+
+
+class PublicUser(models.Model):
+    """The public mirror of an auth user (users-sync).
+
+    email/username/display_name follow the auth user through the post_save
+    hook; role is owned here (operators edit it in the admin).
+    """
+
+    user = models.OneToOneField(
+        User, primary_key=True, db_column="id", on_delete=models.CASCADE, related_name="profile"
+    )
+    email = models.EmailField(max_length=254)
+    username = models.CharField(max_length=30, null=True, blank=True)
+    display_name = models.CharField(max_length=100, blank=True, default="")
+    role = models.CharField(max_length=10, choices=Role.choices, default=Role.VIEWER)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "users"
+        verbose_name = "public user (mirror)"
+
+    def __str__(self) -> str:
+        return self.email
+
+
+class Session(models.Model):
+    """One login: the family every rotated refresh token belongs to.
+
+    Access tokens carry this id (`sid`); revoking the row ends the access
+    tokens and the refresh tokens of the session at once.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="auth_sessions")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_reason = models.CharField(max_length=32, blank=True, default="")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=256, blank=True, default="")
+
+    class Meta:
+        db_table = "auth_sessions"
+        indexes = [models.Index(fields=["user", "revoked_at"], name="auth_sess_user_revoked")]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    def is_active(self, now: object = None) -> bool:
+        now = now or timezone.now()
+        return self.revoked_at is None and self.expires_at > now
+
+
+class RefreshToken(models.Model):
+    """An opaque refresh token, stored only as its SHA-256."""
+
+    session = models.ForeignKey(Session, on_delete=models.CASCADE, related_name="refresh_tokens")
+    token_hash = models.CharField(max_length=64, unique=True)
+    parent = models.OneToOneField("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="successor")
+    created_at = models.DateTimeField(default=timezone.now)
+    rotated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_refresh_tokens"
+
+    def __str__(self) -> str:
+        return f"refresh token {self.pk} of session {self.session_id}"

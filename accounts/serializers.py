@@ -1,0 +1,97 @@
+"""Input and output serializers for the accounts API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import RegexValidator
+from rest_framework import serializers
+
+from accounts.models import User
+from accounts.services import IssuedTokens
+
+USERNAME_VALIDATOR = RegexValidator(
+    r"^[A-Za-z0-9_.-]{3,30}$", "3-30 characters: letters, digits, '_', '.', '-'.", code="invalid_username"
+)
+
+
+def _password_field(max_length: int) -> serializers.CharField:
+    # Passwords are taken as typed: no trimming, no other normalisation.
+    return serializers.CharField(max_length=max_length, trim_whitespace=False, write_only=True)
+
+
+class StrictInput(serializers.Serializer):
+    """Rejects fields it does not know instead of silently ignoring them."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(self.initial_data, dict):
+            unknown = sorted(set(self.initial_data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["This field cannot be changed here."] for name in unknown})
+        return attrs
+
+
+class SignupInput(serializers.Serializer):
+    email = serializers.EmailField(max_length=254)
+    password = _password_field(settings.PASSWORD_MAX_LENGTH)
+    username = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=30, validators=[USERNAME_VALIDATOR]
+    )
+    referral_code = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=64)
+
+
+class LoginInput(serializers.Serializer):
+    email = serializers.EmailField(required=False, max_length=254)
+    username = serializers.CharField(required=False, max_length=254)
+    # Generous limit: a login must fail as invalid_credentials, not reveal rules.
+    password = _password_field(1024)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("email" in attrs) == ("username" in attrs):
+            raise serializers.ValidationError({"email": ["Provide either email or username."]})
+        return attrs
+
+
+class RefreshInput(serializers.Serializer):
+    refresh_token = serializers.CharField(max_length=512)
+
+
+class LogoutInput(serializers.Serializer):
+    scope = serializers.ChoiceField(choices=["local", "global", "others"], default="local")
+
+
+class ProfileInput(StrictInput):
+    display_name = serializers.CharField(required=False, allow_blank=True, max_length=100)
+    username = serializers.CharField(
+        required=False, allow_null=True, allow_blank=True, max_length=30, validators=[USERNAME_VALIDATOR]
+    )
+
+
+class PasswordChangeInput(serializers.Serializer):
+    current_password = _password_field(1024)
+    new_password = _password_field(settings.PASSWORD_MAX_LENGTH)
+
+
+class UserOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    email = serializers.EmailField()
+    username = serializers.CharField(allow_null=True)
+    role = serializers.SerializerMethodField()
+    display_name = serializers.CharField()
+    created_at = serializers.DateTimeField(source="date_joined")
+
+    def get_role(self, user: User) -> str:
+        profile = getattr(user, "profile", None)
+        return profile.role if profile is not None else "viewer"
+
+
+def token_body(tokens: IssuedTokens) -> dict[str, Any]:
+    return {
+        "access_token": tokens.access_token,
+        "token_type": "bearer",
+        "expires_in": tokens.expires_in,
+        "expires_at": tokens.expires_at,
+        "refresh_token": tokens.refresh_token,
+        "user": UserOutput(tokens.user).data,
+    }

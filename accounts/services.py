@@ -1,0 +1,353 @@
+"""Writes for accounts: signup, login, refresh, logout, profile, password, users-sync.
+
+Rules kept here: no transaction is open while a password is hashed; every
+function is keyword-only and typed; errors are ApiError subclasses.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from functools import cache
+from typing import Literal
+
+from django.conf import settings
+from django.contrib.auth.hashers import check_password, make_password
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from accounts import touch
+from accounts.models import PublicUser, RefreshToken, Session, User, normalize_email
+from accounts.tokens import (
+    access_token_encode,
+    refresh_token_hash,
+    refresh_token_new,
+    refresh_token_successor,
+)
+from velro.errors import Conflict, InvalidCredentials, InvalidRefreshToken
+
+logger = logging.getLogger("velro.accounts")
+
+LogoutScope = Literal["local", "global", "others"]
+MIRRORED_FIELDS = ("email", "username", "display_name")
+
+
+@dataclass(frozen=True)
+class IssuedTokens:
+    user: User
+    session_id: uuid.UUID
+    access_token: str
+    expires_at: int
+    refresh_token: str
+    expires_in: int = field(default_factory=lambda: settings.ACCESS_TOKEN_TTL_SECONDS)
+
+
+# --- passwords -------------------------------------------------------------
+
+
+@cache
+def _dummy_hash() -> str:
+    return make_password(secrets.token_urlsafe(16))
+
+
+def password_verify_dummy(*, password: str) -> None:
+    """Spend the same argon2id verify as a real login (unknown user path)."""
+    check_password(password, _dummy_hash())
+
+
+def password_validate(*, password: str, user: User | None = None, field_name: str = "password") -> None:
+    try:
+        validate_password(password, user=user)
+    except DjangoValidationError as exc:
+        raise ValidationError({field_name: list(exc.messages)}) from None
+
+
+# --- sessions and tokens ---------------------------------------------------------
+
+
+def _session_insert(*, session: Session, token_hash: str) -> None:
+    """Insert a session and its first refresh token: one statement on PostgreSQL."""
+    if connection.vendor != "postgresql":
+        with transaction.atomic(savepoint=False):
+            session.save(force_insert=True)
+            RefreshToken.objects.create(session=session, token_hash=token_hash, created_at=session.created_at)
+        return
+    sessions, tokens = Session._meta.db_table, RefreshToken._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH s AS (
+                INSERT INTO {sessions} (id, user_id, created_at, expires_at, revoked_at, revoked_reason, ip, user_agent)
+                VALUES (%s, %s, %s, %s, NULL, '', %s, %s)
+                RETURNING id
+            )
+            INSERT INTO {tokens} (session_id, token_hash, parent_id, created_at, rotated_at)
+            SELECT s.id, %s, NULL, %s, NULL FROM s
+            """,
+            [
+                session.id,
+                session.user_id,
+                session.created_at,
+                session.expires_at,
+                session.ip,
+                session.user_agent,
+                token_hash,
+                session.created_at,
+            ],
+        )
+
+
+def _issue(*, user: User, session_id: uuid.UUID, refresh_token: str, now: datetime) -> IssuedTokens:
+    access, expires_at = access_token_encode(user_id=user.pk, session_id=session_id, now=now)
+    return IssuedTokens(
+        user=user, session_id=session_id, access_token=access, expires_at=expires_at, refresh_token=refresh_token
+    )
+
+
+def session_start(*, user: User, ip: str | None, user_agent: str, now: datetime | None = None) -> IssuedTokens:
+    now = now or timezone.now()
+    session = Session(
+        id=uuid.uuid4(),
+        user=user,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.REFRESH_TOKEN_TTL_SECONDS),
+        ip=ip,
+        user_agent=user_agent[:256],
+    )
+    raw = refresh_token_new()
+    _session_insert(session=session, token_hash=refresh_token_hash(raw))
+    return _issue(user=user, session_id=session.id, refresh_token=raw, now=now)
+
+
+def session_refresh(*, refresh_token: str, now: datetime | None = None) -> IssuedTokens:
+    """Rotate a refresh token: lock it, insert its successor, mark it rotated.
+
+    A rotated token presented again within the grace window gets the same
+    successor back (multi-tab races). Outside the window it is a replay: the
+    whole session (token family) is revoked.
+    """
+    now = now or timezone.now()
+    reuse_detected = False
+    with transaction.atomic():
+        token = (
+            RefreshToken.objects.select_for_update(of=("self",))
+            .select_related("session__user__profile")
+            .filter(token_hash=refresh_token_hash(refresh_token))
+            .first()
+        )
+        if token is None:
+            raise InvalidRefreshToken()
+        session = token.session
+        if not session.is_active(now) or not session.user.is_active:
+            raise InvalidRefreshToken()
+        successor = refresh_token_successor(refresh_token)
+        if token.rotated_at is None:
+            RefreshToken.objects.create(
+                session=session, token_hash=refresh_token_hash(successor), parent=token, created_at=now
+            )
+            RefreshToken.objects.filter(pk=token.pk).update(rotated_at=now)
+        elif now - token.rotated_at <= timedelta(seconds=settings.REFRESH_REUSE_GRACE_SECONDS):
+            if not RefreshToken.objects.filter(parent=token, rotated_at__isnull=True).exists():
+                raise InvalidRefreshToken()
+        else:
+            Session.objects.filter(pk=session.pk, revoked_at__isnull=True).update(
+                revoked_at=now, revoked_reason="refresh_reuse"
+            )
+            reuse_detected = True
+    if reuse_detected:
+        # Raised after the commit: the revocation must stick.
+        logger.warning("refresh token reuse: session %s revoked", session.pk)
+        raise InvalidRefreshToken()
+    return _issue(user=session.user, session_id=session.pk, refresh_token=successor, now=now)
+
+
+def session_logout(
+    *, user_id: uuid.UUID, session_id: uuid.UUID, scope: LogoutScope, now: datetime | None = None
+) -> int:
+    now = now or timezone.now()
+    sessions = Session.objects.filter(user_id=user_id, revoked_at__isnull=True)
+    if scope == "local":
+        sessions = sessions.filter(pk=session_id)
+    elif scope == "others":
+        sessions = sessions.exclude(pk=session_id)
+    return sessions.update(revoked_at=now, revoked_reason=f"logout_{scope}")
+
+
+def session_revoke(*, session_ids: list[uuid.UUID], reason: str, now: datetime | None = None) -> int:
+    """Operator revocation (admin action)."""
+    now = now or timezone.now()
+    return Session.objects.filter(pk__in=session_ids, revoked_at__isnull=True).update(
+        revoked_at=now, revoked_reason=reason
+    )
+
+
+# --- signup and login -------------------------------------------------------------
+
+
+def _integrity_conflict(exc: IntegrityError) -> Conflict:
+    # The constraint name, not the message text: an email like
+    # "username@x.io" must not read as a username clash.
+    diag = getattr(exc.__cause__, "diag", None)
+    constraint = getattr(diag, "constraint_name", None) or str(exc)
+    if "username" in constraint:
+        return Conflict("This username is already taken", code="username_taken")
+    return Conflict("An account with this email already exists", code="email_taken")
+
+
+def user_signup(
+    *,
+    email: str,
+    password: str,
+    username: str | None = None,
+    ip: str | None = None,
+    user_agent: str = "",
+) -> IssuedTokens:
+    email = normalize_email(email)
+    candidate = User(email=email, username=username or None)
+    password_validate(password=password, user=candidate)
+    # Hash before the transaction opens: no row locks or open transaction
+    # are held for the ~20 ms of argon2.
+    candidate.password = make_password(password)
+    now = timezone.now()
+    candidate.date_joined = now
+    candidate.last_login = now
+    try:
+        with transaction.atomic():
+            candidate.save(force_insert=True)
+            tokens = session_start(user=candidate, ip=ip, user_agent=user_agent, now=now)
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+    return tokens
+
+
+def user_authenticate(*, password: str, email: str | None = None, username: str | None = None) -> User:
+    """One indexed read and one argon2id verify, whoever asks.
+
+    Unknown users, users without a usable password and inactive users cost
+    the same verify and get the same error as a wrong password.
+    """
+    users = User.objects.select_related("profile")
+    if email is not None:
+        users = users.filter(email__lower=email.strip().lower())
+    else:
+        users = users.filter(username__lower=(username or "").strip().lower())
+    user = users.first()
+    if user is None or not user.has_usable_password():
+        password_verify_dummy(password=password)
+        raise InvalidCredentials()
+    # check_password upgrades a PBKDF2/bcrypt/weaker-argon2 hash on success.
+    if not user.check_password(password) or not user.is_active:
+        raise InvalidCredentials()
+    return user
+
+
+def user_login(
+    *,
+    password: str,
+    email: str | None = None,
+    username: str | None = None,
+    ip: str | None = None,
+    user_agent: str = "",
+) -> IssuedTokens:
+    user = user_authenticate(password=password, email=email, username=username)
+    now = timezone.now()
+    tokens = session_start(user=user, ip=ip, user_agent=user_agent, now=now)
+    touch.last_login(user_id=user.pk, when=now)
+    user.last_login = now
+    return tokens
+
+
+# --- profile and password ------------------------------------------------------------
+
+
+def user_update_profile(*, user_id: uuid.UUID, display_name: str | None = None, username: str | None = None) -> User:
+    user = User.objects.select_related("profile").get(pk=user_id)
+    changed = []
+    if display_name is not None and display_name != user.display_name:
+        user.display_name = display_name
+        changed.append("display_name")
+    if username is not None and (username or None) != user.username:
+        user.username = username or None
+        changed.append("username")
+    if changed:
+        try:
+            user.save(update_fields=changed)
+        except IntegrityError as exc:
+            raise _integrity_conflict(exc) from None
+        user.profile.refresh_from_db()
+    return user
+
+
+def user_change_password(
+    *, user_id: uuid.UUID, session_id: uuid.UUID, current_password: str, new_password: str
+) -> None:
+    user = User.objects.get(pk=user_id)
+    if not user.check_password(current_password):
+        raise ValidationError({"current_password": ["Current password is incorrect."]})
+    password_validate(password=new_password, user=user, field_name="new_password")
+    encoded = make_password(new_password)  # hashed outside the transaction
+    with transaction.atomic():
+        user.password = encoded
+        user.save(update_fields=["password"])
+        session_logout(user_id=user.pk, session_id=session_id, scope="others")
+
+
+# --- users-sync (the public mirror) -----------------------------------------------
+
+
+def public_user_sync(*, user: User, created: bool = False) -> None:
+    """Make the mirror row match the auth user (called by the post_save hook)."""
+    values = {name: getattr(user, name) for name in MIRRORED_FIELDS}
+    if created:
+        PublicUser.objects.create(user=user, created_at=user.date_joined, updated_at=user.date_joined, **values)
+        return
+    # Upsert: repairs a missing row as well as a stale one, in one statement.
+    PublicUser.objects.bulk_create(
+        [PublicUser(user=user, created_at=user.date_joined, updated_at=timezone.now(), **values)],
+        update_conflicts=True,
+        unique_fields=["user"],
+        update_fields=[*MIRRORED_FIELDS, "updated_at"],
+    )
+
+
+def public_user_remove(*, user_id: uuid.UUID) -> None:
+    """Delete the mirror row (normally already gone through the cascade)."""
+    PublicUser.objects.filter(pk=user_id).delete()
+
+
+@dataclass
+class RepairReport:
+    created: list[uuid.UUID] = field(default_factory=list)
+    updated: list[uuid.UUID] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        return len(self.created) + len(self.updated)
+
+
+def public_users_repair(*, batch_size: int = 1000) -> RepairReport:
+    """Backfill missing mirror rows and fix drifted ones. Idempotent."""
+    report = RepairReport()
+    users = User.objects.select_related("profile").order_by("pk")
+    for user in users.iterator(chunk_size=batch_size):
+        try:
+            mirror = user.profile
+        except PublicUser.DoesNotExist:
+            mirror = None
+        if mirror is None:
+            with transaction.atomic():
+                public_user_sync(user=user, created=True)
+            report.created.append(user.pk)
+        elif any(getattr(mirror, name) != getattr(user, name) for name in MIRRORED_FIELDS):
+            public_user_sync(user=user)
+            report.updated.append(user.pk)
+        else:
+            report.unchanged += 1
+    return report

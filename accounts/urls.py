@@ -1,0 +1,12 @@
+from django.urls import path
+
+from accounts import views
+
+urlpatterns = [
+    path("signup", views.SignupView.as_view(), name="auth-signup"),
+    path("login", views.LoginView.as_view(), name="auth-login"),
+    path("refresh", views.RefreshView.as_view(), name="auth-refresh"),
+    path("logout", views.LogoutView.as_view(), name="auth-logout"),
+    path("me", views.MeView.as_view(), name="auth-me"),
+    path("password", views.PasswordChangeView.as_view(), name="auth-password"),
+]

@@ -1,0 +1,56 @@
+"""Shared fixtures: a JSON API client and helpers that go through the real API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from rest_framework.test import APIClient
+
+from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+
+
+@pytest.fixture(autouse=True)
+def _isolation(settings):
+    # last_login is flushed by tests themselves (accounts.touch.flush()).
+    settings.TOUCH_FLUSH_INTERVAL_SECONDS = 0
+    cache.clear()
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def password() -> str:
+    return DEFAULT_PASSWORD
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory()
+
+
+@pytest.fixture
+def login(api):
+    """POST /login for a user (factory password by default); returns the token body."""
+
+    def _login(user: Any, password: str = DEFAULT_PASSWORD, **extra: Any) -> dict:
+        response = api.post("/api/v1/auth/login", {"email": user.email, "password": password, **extra}, format="json")
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    return _login
+
+
+@pytest.fixture
+def auth_api(api, user, login):
+    """An APIClient carrying a fresh access token for `user`; `.tokens` holds the body."""
+    tokens = login(user)
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access_token']}")
+    api.tokens = tokens
+    return api

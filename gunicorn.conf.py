@@ -1,0 +1,98 @@
+"""Gunicorn settings for Velro (used by scripts/run.sh, the Dockerfile and docker-compose.yml).
+
+Tunable from the environment: BIND, WEB_CONCURRENCY (worker processes),
+GUNICORN_THREADS (threads per worker), GUNICORN_LOGLEVEL.
+"""
+
+import multiprocessing
+import os
+from typing import Any
+
+
+def _env_int(name: str, default: int, minimum: int = 1) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SystemExit(f"gunicorn.conf.py: {name}={raw!r} must be >= {minimum}")
+    return value
+
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+
+# The usual 2 x cores + 1, capped: every worker thread may hold its own
+# PostgreSQL connection (CONN_MAX_AGE) and Redis pool, so a 32-core box must not
+# open 65 x threads connections by default. Scale out with more machines, or
+# set WEB_CONCURRENCY explicitly.
+workers = _env_int("WEB_CONCURRENCY", min(multiprocessing.cpu_count() * 2 + 1, 9))
+
+# Django runs synchronous code, and every DB/Redis call is bounded by short
+# timeouts (statement/lock timeouts, 250 ms Redis sockets), so a request's time
+# is bounded server-side. What is not bounded is the client: with the plain
+# sync worker one slow client (slow upload, slow read of the response) pins a
+# whole process. gthread hands each connection to a thread and keeps idle
+# keep-alive connections in the worker's poller, so a slow client costs one
+# thread, not a worker. Threads stay few: argon2 hashing is CPU-bound and holds
+# the core anyway, more threads would only queue behind it.
+worker_class = "gthread"
+threads = _env_int("GUNICORN_THREADS", 2)
+
+timeout = 30  # a worker silent this long is killed (request budgets are in ms)
+graceful_timeout = 20  # on TERM/HUP, time for in-flight requests to finish
+keepalive = 5
+
+# Recycle workers now and then (jitter: not all at once) to bound slow leaks.
+max_requests = 2000
+max_requests_jitter = 200
+
+# No preload: each worker imports the app itself after fork and opens its own
+# database and Redis connections. psycopg connections and redis-py sockets (and
+# connection pools) must never be shared across fork; a connection opened in
+# the master during import and inherited by N workers would interleave their
+# protocol streams. Without preload nothing is opened before fork, and the
+# per-worker warm-up (connections, caches) happens in post_worker_init below.
+# The price is a little more memory and a slower start, which is fine here.
+preload_app = False
+
+# Heartbeat files on tmpfs: a disk-backed /tmp (overlayfs in containers) can
+# stall the heartbeat and get healthy workers killed.
+_SHM = "/dev/shm"  # noqa: S108 - tmpfs for gunicorn's heartbeat files, nothing else
+if os.path.isdir(_SHM) and os.access(_SHM, os.W_OK):
+    worker_tmp_dir = _SHM
+
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
+# Behind a load balancer / reverse proxy, set FORWARDED_ALLOW_IPS to its address.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+proc_name = "velro-web"
+# Gunicorn's runtime control socket (~/.gunicorn/gunicorn.ctl) is unused here;
+# off, so two instances on one box do not fight over the path and a non-root
+# container user with no writable home does not trip over it.
+control_socket_disable = True
+
+
+def post_worker_init(worker: Any) -> None:
+    """Warm up a freshly forked worker (its own DB/Redis connections, caches).
+
+    The app (Django) is already loaded at this point. Warm-up is an
+    optimisation: a failure is logged and the worker serves anyway.
+    """
+    try:
+        from monitoring.warmup import warm_up
+    except ImportError as exc:
+        if getattr(exc, "name", None) in {"monitoring", "monitoring.warmup"}:
+            worker.log.info("warm-up skipped: monitoring.warmup is not available")
+        else:
+            worker.log.warning("warm-up skipped: importing monitoring.warmup failed: %s", exc)
+        return
+    try:
+        warm_up()
+    except Exception:  # never let warm-up take a worker down
+        worker.log.exception("warm-up failed; the worker serves without it")
+    else:
+        worker.log.info("worker warmed up")

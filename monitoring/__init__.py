@@ -1,0 +1,1 @@
+"""Monitoring: health, readiness, metrics (issue #5)."""

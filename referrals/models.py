@@ -1,0 +1,1 @@
+"""Referrals: codes, referral records and their Celery tasks (issue #4)."""

@@ -1,0 +1,350 @@
+"""Velro settings: one module, driven by environment variables, parsed strictly.
+
+Every value comes from the environment (optionally from the file named by
+DJANGO_ENV_FILE). A malformed value stops the process at start with a message
+naming the variable, instead of a surprise at the first request. Outside
+DEBUG there are no secret defaults: DJANGO_SECRET_KEY and DATABASE_URL must be
+given. `.env.example` documents every variable read here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+if os.environ.get("DJANGO_ENV_FILE"):
+    environ.Env.read_env(os.environ["DJANGO_ENV_FILE"], overwrite=False)
+
+_env = environ.Env()
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _str(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise ImproperlyConfigured(f"{name} is required but not set")
+        return default
+    return value.strip()
+
+
+def _bool(name: str, default: bool) -> bool:
+    # django-environ reads any unknown word as False; a typo must not silently
+    # switch a security setting, so only the listed spellings are accepted.
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true/false)")
+
+
+def _number(name: str, default: float, *, kind: type = int, minimum: float = 0) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name}={raw!r} must be >= {minimum}")
+    return value
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    return int(_number(name, default, kind=int, minimum=minimum))
+
+
+def _float(name: str, default: float, minimum: float = 0) -> float:
+    return float(_number(name, default, kind=float, minimum=minimum))
+
+
+def _list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in _str(name, default).split(",") if item.strip()]
+
+
+def _url(name: str, default: str | None = None, schemes: tuple[str, ...] = ()) -> str:
+    value = _str(name, default)
+    if value and schemes and urlsplit(value).scheme not in schemes:
+        raise ImproperlyConfigured(f"{name}={value!r}: scheme must be one of {', '.join(schemes)}")
+    return value
+
+
+# --- Core ------------------------------------------------------------------
+
+DEBUG = _bool("DJANGO_DEBUG", False)
+
+if DEBUG:
+    SECRET_KEY = _str("DJANGO_SECRET_KEY", "insecure-debug-only-key-never-use-in-production-0123456789")
+else:
+    SECRET_KEY = _str("DJANGO_SECRET_KEY")
+    if len(SECRET_KEY) < 32:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters")
+
+ALLOWED_HOSTS = _list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "accounts",
+    "referrals",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "velro.errors.DatabaseUnavailableMiddleware",
+]
+
+ROOT_URLCONF = "velro.urls"
+WSGI_APPLICATION = "velro.wsgi.application"
+APPEND_SLASH = False
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ----------------------------------------------------------------
+
+if DEBUG:
+    DATABASE_URL = _url("DATABASE_URL", f"sqlite:///{BASE_DIR / 'var' / 'velro.sqlite3'}")
+else:
+    DATABASE_URL = _url("DATABASE_URL")
+try:
+    _db = _env.db_url_config(DATABASE_URL)
+except (ImproperlyConfigured, KeyError, ValueError) as exc:
+    raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+
+# Timeouts bound every query so a stalled database answers 503 instead of
+# hanging a worker (the old service's 30 s logins). Milliseconds.
+DB_CONNECT_TIMEOUT = _int("DB_CONNECT_TIMEOUT", 3, minimum=1)  # seconds
+DB_STATEMENT_TIMEOUT_MS = _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1)
+DB_LOCK_TIMEOUT_MS = _int("DB_LOCK_TIMEOUT_MS", 2000, minimum=1)
+DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = _int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000, minimum=1)
+DB_CONN_MAX_AGE = _int("DB_CONN_MAX_AGE", 600)
+
+if _db["ENGINE"] == "django.db.backends.postgresql":
+    _db["CONN_MAX_AGE"] = DB_CONN_MAX_AGE
+    _db["CONN_HEALTH_CHECKS"] = True
+    _db["OPTIONS"] = {
+        "connect_timeout": DB_CONNECT_TIMEOUT,
+        "options": (
+            f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
+            f" -c lock_timeout={DB_LOCK_TIMEOUT_MS}"
+            f" -c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+        ),
+    }
+elif _db["ENGINE"] == "django.db.backends.sqlite3":
+    (BASE_DIR / "var").mkdir(exist_ok=True)
+    _db["OPTIONS"] = {"timeout": DB_CONNECT_TIMEOUT}
+else:
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (or SQLite for local runs)")
+
+DATABASES = {"default": _db}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Cache (django-redis) ---------------------------------------------------
+
+REDIS_URL = _url("REDIS_URL", "", schemes=("redis", "rediss", "unix"))
+CACHE_TTL = _int("CACHE_TTL", 300, minimum=1)
+# Short socket timeouts: a slow or dead Redis must cost a request milliseconds,
+# not seconds. Seconds (floats allowed).
+REDIS_SOCKET_CONNECT_TIMEOUT = _float("REDIS_SOCKET_CONNECT_TIMEOUT", 0.25)
+REDIS_SOCKET_TIMEOUT = _float("REDIS_SOCKET_TIMEOUT", 0.25)
+
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": "velro",
+            "TIMEOUT": CACHE_TTL,
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_CONNECT_TIMEOUT,
+                "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+                "CONNECTION_POOL_KWARGS": {"max_connections": 50, "retry_on_timeout": False},
+            },
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "KEY_PREFIX": "velro",
+            "TIMEOUT": CACHE_TTL,
+        }
+    }
+
+# --- Auth --------------------------------------------------------------------
+
+AUTH_USER_MODEL = "accounts.User"
+
+# argon2id at the OWASP minimum first; PBKDF2 (Django's old default) and
+# bcrypt (Supabase exports) still verify and are upgraded on the next login.
+PASSWORD_HASHERS = [
+    "accounts.hashers.Argon2idPasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "accounts.hashers.SupabaseBCryptPasswordHasher",
+    "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
+]
+
+PASSWORD_MIN_LENGTH = 8
+PASSWORD_MAX_LENGTH = 128
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator",
+        "OPTIONS": {"user_attributes": ("email", "username", "display_name")},
+    },
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": PASSWORD_MIN_LENGTH},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+JWT_SECRET = _str("JWT_SECRET", "")
+if JWT_SECRET and len(JWT_SECRET.encode()) < 32:
+    raise ImproperlyConfigured("JWT_SECRET must be at least 32 bytes (HS256 needs a 256-bit key)")
+JWT_ISSUER = _str("JWT_ISSUER", "velro")
+JWT_AUDIENCE = _str("JWT_AUDIENCE", "velro-api")
+JWT_LEEWAY_SECONDS = _int("JWT_LEEWAY_SECONDS", 5)
+ACCESS_TOKEN_TTL_SECONDS = _int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30)
+REFRESH_TOKEN_TTL_SECONDS = _int("REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=60)
+REFRESH_REUSE_GRACE_SECONDS = _int("REFRESH_REUSE_GRACE_SECONDS", 10)
+
+# How many reverse proxies (load balancer, nginx) sit in front of gunicorn.
+# X-Forwarded-For is read only this many hops from the right; 0 = ignore it.
+TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
+
+# last_login is written off the request path, coalesced, every N seconds.
+TOUCH_FLUSH_INTERVAL_SECONDS = _float("TOUCH_FLUSH_INTERVAL_SECONDS", 2.0)
+
+# --- Email -------------------------------------------------------------------
+
+EMAIL_BACKEND = _str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = _str("EMAIL_HOST", "127.0.0.1")
+EMAIL_PORT = _int("EMAIL_PORT", 1025, minimum=1)
+EMAIL_HOST_USER = _str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = _str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = _bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = _int("EMAIL_TIMEOUT", 10, minimum=1)
+DEFAULT_FROM_EMAIL = _str("DEFAULT_FROM_EMAIL", "Velro <no-reply@velro.local>")
+
+# --- Celery ------------------------------------------------------------------
+
+CELERY_BROKER_URL = _url(
+    "CELERY_BROKER_URL", REDIS_URL or None, schemes=("redis", "rediss", "amqp", "pyamqp", "filesystem")
+)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = _int("CELERY_TASK_SOFT_TIME_LIMIT", 30, minimum=1)
+CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", 60, minimum=1)
+# Redelivery of an unacked (acks_late) task happens after the visibility
+# timeout; it must exceed the hard time limit or a slow task runs twice.
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    # Embedded fallback for local runs with no Redis: messages are files.
+    _broker_dir = BASE_DIR / "var" / "celery-broker"
+    for _sub in ("out", "processed"):
+        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        {
+            "data_folder_in": str(_broker_dir / "out"),
+            "data_folder_out": str(_broker_dir / "out"),
+            "data_folder_processed": str(_broker_dir / "processed"),
+        }
+    )
+
+# --- DRF -----------------------------------------------------------------------
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.AccessTokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "velro.errors.api_exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+
+# --- I18N, static ----------------------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+
+# --- Security ------------------------------------------------------------------
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SECURE_SSL_REDIRECT = _bool("DJANGO_SECURE_SSL_REDIRECT", False)
+SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", not DEBUG)
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_TRUSTED_ORIGINS = _list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+
+# --- Logging -----------------------------------------------------------------------
+
+LOG_LEVEL = _str("LOG_LEVEL", "INFO").upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}
