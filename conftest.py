@@ -9,15 +9,23 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from velro.cache import safe_cache
+from velro.ratelimit import LocalCounters, limiter
+
+
+def _reset_shared_state() -> None:
+    cache.clear()
+    safe_cache.reset()
+    limiter.local = LocalCounters()
 
 
 @pytest.fixture(autouse=True)
 def _isolation(settings):
     # last_login is flushed by tests themselves (accounts.touch.flush()).
     settings.TOUCH_FLUSH_INTERVAL_SECONDS = 0
-    cache.clear()
+    _reset_shared_state()
     yield
-    cache.clear()
+    _reset_shared_state()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts import services
-from accounts.models import PublicUser, Session, User
+from accounts.models import ApiKey, PublicUser, Session, User
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -45,6 +45,18 @@ class SessionInline(admin.TabularInline):
         return False
 
 
+class ApiKeyInline(admin.TabularInline):
+    model = ApiKey
+    extra = 0
+    can_delete = False
+    fields = ("name", "prefix", "is_primary", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     form = UserEditForm
@@ -60,13 +72,21 @@ class UserAdmin(BaseUserAdmin):
         ("Dates", {"fields": ("date_joined", "last_login")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "username", "password1", "password2")}),)
-    inlines = [PublicUserInline, SessionInline]
+    inlines = [PublicUserInline, SessionInline, ApiKeyInline]
     list_select_related = ("profile",)
 
     @admin.display(description="role", ordering="profile__role")
     def role(self, user: User) -> str:
         profile = getattr(user, "profile", None)
         return profile.role if profile else "-"
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        if change:
+            # The mirror inline saves the copy it loaded before the user was
+            # saved; re-sync so that copy's email/username/display name (read
+            # before this edit) cannot overwrite what users-sync just wrote.
+            services.public_user_sync(user=form.instance)
 
     def get_inlines(self, request: HttpRequest, obj: Any) -> list:
         # The mirror row is created by users-sync on save, not by the add form.
@@ -101,3 +121,25 @@ class PublicUserAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # rows are created by users-sync
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys by their visible prefix; the keyed hash is never shown."""
+
+    list_display = ("prefix", "name", "user", "is_primary", "created_at", "last_used_at", "revoked_at")
+    list_filter = ("is_primary", "revoked_at", "created_at")
+    search_fields = ("prefix", "name", "user__email")
+    list_select_related = ("user",)
+    ordering = ("-created_at",)
+    fields = ("id", "user", "name", "prefix", "is_primary", "created_at", "last_used_at", "revoked_at")
+    readonly_fields = fields
+    actions = ["revoke_keys"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are created through the API, where the secret is shown once
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        count = services.api_keys_revoke(key_ids=list(queryset.values_list("pk", flat=True)))
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)

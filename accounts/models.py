@@ -70,6 +70,10 @@ class User(AbstractBaseUser, PermissionsMixin):
         return self.email
 
     def save(self, *args: Any, **kwargs: Any) -> None:
+        if getattr(self, "is_cached_snapshot", False):
+            # A snapshot from the cache has no password hash: saving it would
+            # overwrite the real one. Load the row instead.
+            raise RuntimeError("a cached user snapshot is read-only")
         self.email = normalize_email(self.email)
         if self.username == "":
             self.username = None  # blank in the admin means "no username", not a duplicate ""
@@ -153,3 +157,29 @@ class RefreshToken(models.Model):
 
     def __str__(self) -> str:
         return f"refresh token {self.pk} of session {self.session_id}"
+
+
+class ApiKey(models.Model):
+    """A named key for programmatic clients.
+
+    The full key is shown once, at creation. Stored: a visible prefix (to
+    recognise it in lists) and a keyed hash (HMAC-SHA256 with a server-side
+    key), so a database dump alone cannot be used to check guesses.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="api_keys")
+    name = models.CharField(max_length=64)
+    prefix = models.CharField(max_length=24)
+    key_hash = models.CharField(max_length=64, unique=True)
+    is_primary = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_api_keys"
+        indexes = [models.Index(fields=["user", "revoked_at"], name="auth_apikey_user_revoked")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

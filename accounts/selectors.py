@@ -1,27 +1,145 @@
-"""Reads for accounts (what token authentication and the API need)."""
+"""Reads for accounts, cached in Redis behind velro.cache.safe_cache.
+
+What is cached, per id, with the cache generation it was read under:
+- the user (safe fields only: never the password hash) with its mirror role;
+- the session state (owner, expiry, revoked) that token authentication checks;
+- the API key record by its keyed hash (never the key itself).
+
+Every write path that changes one of these rows deletes its entry (services
+and the users-sync hooks call the *_invalidate functions below), after commit
+as well as at once, so a concurrent reader cannot re-cache the old row
+between the two. A token-authenticated request on a warm cache runs no SQL.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
+from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
-from accounts.models import Session, User
+from accounts.models import ApiKey, PublicUser, Role, Session, User
+from velro.cache import GENERATION_KEY, safe_cache
+
+
+def user_key(user_id: uuid.UUID | str) -> str:
+    return f"user:v1:{user_id}"
+
+
+def session_key(session_id: uuid.UUID | str) -> str:
+    return f"session:v1:{session_id}"
+
+
+def api_key_key(key_hash: str) -> str:
+    return f"apikey:v1:{key_hash}"
+
+
+def _fresh(entry: Any, generation: int) -> dict | None:
+    return entry if isinstance(entry, dict) and entry.get("g") == generation else None
+
+
+# --- invalidation ------------------------------------------------------------------
+
+
+def cache_invalidate(keys: Iterable[str]) -> None:
+    keys = list(keys)
+    safe_cache.delete_many(keys)
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: safe_cache.delete_many(keys))
+
+
+def user_cache_invalidate(*, user_id: uuid.UUID) -> None:
+    cache_invalidate([user_key(user_id)])
+
+
+def session_cache_invalidate(*, session_ids: Iterable[uuid.UUID]) -> None:
+    cache_invalidate([session_key(sid) for sid in session_ids])
+
+
+def api_key_cache_invalidate(*, key_hashes: Iterable[str]) -> None:
+    cache_invalidate([api_key_key(key_hash) for key_hash in key_hashes])
+
+
+# --- user snapshots --------------------------------------------------------------
+
+
+def _user_entry(user: User, generation: int) -> dict[str, Any]:
+    profile = getattr(user, "profile", None)
+    return {
+        "g": generation,
+        "id": str(user.pk),
+        "email": user.email,
+        "username": user.username,
+        "display_name": user.display_name,
+        "is_active": user.is_active,
+        "is_staff": user.is_staff,
+        "is_superuser": user.is_superuser,
+        "date_joined": user.date_joined.isoformat(),
+        "role": profile.role if profile else Role.VIEWER,
+    }
+
+
+def _user_from_entry(entry: dict[str, Any]) -> User:
+    user = User(
+        id=uuid.UUID(entry["id"]),
+        email=entry["email"],
+        username=entry["username"],
+        display_name=entry["display_name"],
+        is_active=entry["is_active"],
+        is_staff=entry["is_staff"],
+        is_superuser=entry["is_superuser"],
+        date_joined=parse_datetime(entry["date_joined"]),
+        password="!",  # the hash is never cached; this snapshot cannot log in
+    )
+    user._state.adding = False
+    user._state.db = "default"
+    user.is_cached_snapshot = True
+    user.profile = PublicUser(
+        user=user, email=user.email, username=user.username, display_name=user.display_name, role=entry["role"]
+    )
+    return user
+
+
+# --- token authentication ---------------------------------------------------------
 
 
 def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime | None = None) -> User | None:
     """The user behind an access token, or None when its session has ended.
 
-    Never served stale: a logged-out or revoked session fails at once.
+    Warm cache: one Redis round trip (session state, user, generation), no SQL.
+    Cold: one SQL query, whose answer is cached.
     """
     now = now or timezone.now()
-    session = (
-        Session.objects.select_related("user__profile")
-        .filter(pk=session_id, user_id=user_id, revoked_at__isnull=True, expires_at__gt=now, user__is_active=True)
-        .first()
+    skey, ukey = session_key(session_id), user_key(user_id)
+    found = safe_cache.get_many([skey, ukey, GENERATION_KEY])
+    generation = safe_cache.generation(found)
+    state, snapshot = _fresh(found.get(skey), generation), _fresh(found.get(ukey), generation)
+    if state is not None:
+        if state["revoked"] or state["user"] != str(user_id) or state["exp"] <= now.timestamp():
+            return None
+        if snapshot is not None:
+            return _user_from_entry(snapshot) if snapshot["is_active"] else None
+
+    session = Session.objects.select_related("user__profile").filter(pk=session_id, user_id=user_id).first()
+    if session is None:
+        return None
+    user = session.user
+    safe_cache.set_many(
+        {
+            skey: {
+                "g": generation,
+                "user": str(user.pk),
+                "exp": session.expires_at.timestamp(),
+                "revoked": session.revoked_at is not None,
+            },
+            ukey: _user_entry(user, generation),
+        }
     )
-    return session.user if session else None
+    return user if session.is_active(now) and user.is_active else None
 
 
 def user_sessions_active(*, user_id: uuid.UUID, now: datetime | None = None) -> list[Session]:
@@ -29,3 +147,44 @@ def user_sessions_active(*, user_id: uuid.UUID, now: datetime | None = None) -> 
     return list(
         Session.objects.filter(user_id=user_id, revoked_at__isnull=True, expires_at__gt=now).order_by("-created_at")
     )
+
+
+# --- API keys -------------------------------------------------------------------------
+
+
+def api_key_user_get(*, key_hash: str) -> tuple[User, uuid.UUID] | None:
+    """(user, key id) for an active API key, or None. Warm cache: no SQL."""
+    kkey = api_key_key(key_hash)
+    found = safe_cache.get_many([kkey, GENERATION_KEY])
+    generation = safe_cache.generation(found)
+    record = _fresh(found.get(kkey), generation)
+    if record is None:
+        key = ApiKey.objects.filter(key_hash=key_hash).only("id", "user_id", "revoked_at").first()
+        if key is None:
+            return None  # unknown keys are not cached: nothing to fill the cache with
+        record = {"g": generation, "id": str(key.pk), "user": str(key.user_id), "revoked": key.revoked_at is not None}
+        safe_cache.set(kkey, record)
+    if record["revoked"]:
+        return None
+    user = user_get(user_id=uuid.UUID(record["user"]))
+    if user is None or not user.is_active:
+        return None
+    return user, uuid.UUID(record["id"])
+
+
+def user_get(*, user_id: uuid.UUID) -> User | None:
+    """A user snapshot by id (cached)."""
+    ukey = user_key(user_id)
+    found = safe_cache.get_many([ukey, GENERATION_KEY])
+    generation = safe_cache.generation(found)
+    snapshot = _fresh(found.get(ukey), generation)
+    if snapshot is not None:
+        return _user_from_entry(snapshot)
+    user = User.objects.select_related("profile").filter(pk=user_id).first()
+    if user is not None:
+        safe_cache.set(ukey, _user_entry(user, generation))
+    return user
+
+
+def user_api_keys(*, user_id: uuid.UUID) -> list[ApiKey]:
+    return list(ApiKey.objects.filter(user_id=user_id, revoked_at__isnull=True).order_by("-created_at"))

@@ -38,7 +38,15 @@ class SignupInput(serializers.Serializer):
     username = serializers.CharField(
         required=False, allow_null=True, allow_blank=True, max_length=30, validators=[USERNAME_VALIDATOR]
     )
-    referral_code = serializers.CharField(required=False, allow_null=True, allow_blank=True, max_length=64)
+    # Any value is accepted: a malformed referral code must never fail a signup
+    # (referral_code_clean keeps it only when it is a plausible code).
+    referral_code = serializers.JSONField(required=False, allow_null=True)
+
+
+def referral_code_clean(value: Any) -> str | None:
+    if isinstance(value, str) and 0 < len(value.strip()) <= 64:
+        return value.strip()
+    return None
 
 
 class LoginInput(serializers.Serializer):
@@ -71,6 +79,26 @@ class ProfileInput(StrictInput):
 class PasswordChangeInput(serializers.Serializer):
     current_password = _password_field(1024)
     new_password = _password_field(settings.PASSWORD_MAX_LENGTH)
+
+
+class ApiKeyCreateInput(serializers.Serializer):
+    name = serializers.CharField(max_length=64)
+
+
+class ApiKeyOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    prefix = serializers.CharField()
+    is_primary = serializers.BooleanField()
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+
+    def to_representation(self, instance: Any) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        raw = getattr(instance, "raw_key", None)
+        if raw:  # only right after creation: the one time the key is shown
+            data["key"] = raw
+        return data
 
 
 class UserOutput(serializers.Serializer):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Literal
@@ -19,18 +19,22 @@ from django.contrib.auth.hashers import check_password, make_password
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from accounts import touch
-from accounts.models import PublicUser, RefreshToken, Session, User, normalize_email
+from accounts.apikeys import api_key_hash, api_key_new, api_key_prefix
+from accounts.models import ApiKey, PublicUser, RefreshToken, Session, User, normalize_email
+from accounts.selectors import api_key_cache_invalidate, session_cache_invalidate, user_cache_invalidate
 from accounts.tokens import (
     access_token_encode,
     refresh_token_hash,
     refresh_token_new,
     refresh_token_successor,
 )
-from velro.errors import Conflict, InvalidCredentials, InvalidRefreshToken
+from velro.db import db_budget
+from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken
 
 logger = logging.getLogger("velro.accounts")
 
@@ -46,6 +50,7 @@ class IssuedTokens:
     expires_at: int
     refresh_token: str
     expires_in: int = field(default_factory=lambda: settings.ACCESS_TOKEN_TTL_SECONDS)
+    api_key: ApiKey | None = None  # the primary key, on signup only (raw key shown once)
 
 
 # --- passwords -------------------------------------------------------------
@@ -125,8 +130,30 @@ def session_start(*, user: User, ip: str | None, user_agent: str, now: datetime 
     return _issue(user=user, session_id=session.id, refresh_token=raw, now=now)
 
 
+def _rotate(*, token: RefreshToken, successor_hash: str, now: datetime) -> None:
+    """Mark `token` rotated and insert its successor: one statement on PostgreSQL."""
+    if connection.vendor != "postgresql":
+        RefreshToken.objects.create(
+            session_id=token.session_id, token_hash=successor_hash, parent=token, created_at=now
+        )
+        RefreshToken.objects.filter(pk=token.pk).update(rotated_at=now)
+        return
+    table = RefreshToken._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            WITH parent AS (
+                UPDATE {table} SET rotated_at = %s WHERE id = %s AND rotated_at IS NULL RETURNING id, session_id
+            )
+            INSERT INTO {table} (session_id, token_hash, parent_id, created_at, rotated_at)
+            SELECT session_id, %s, id, %s, NULL FROM parent
+            """,
+            [now, token.pk, successor_hash, now],
+        )
+
+
 def session_refresh(*, refresh_token: str, now: datetime | None = None) -> IssuedTokens:
-    """Rotate a refresh token: lock it, insert its successor, mark it rotated.
+    """Rotate a refresh token: lock it, mark it rotated, insert its successor.
 
     A rotated token presented again within the grace window gets the same
     successor back (multi-tab races). Outside the window it is a replay: the
@@ -134,7 +161,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
     """
     now = now or timezone.now()
     reuse_detected = False
-    with transaction.atomic():
+    with db_budget():
         token = (
             RefreshToken.objects.select_for_update(of=("self",))
             .select_related("session__user__profile")
@@ -148,10 +175,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
             raise InvalidRefreshToken()
         successor = refresh_token_successor(refresh_token)
         if token.rotated_at is None:
-            RefreshToken.objects.create(
-                session=session, token_hash=refresh_token_hash(successor), parent=token, created_at=now
-            )
-            RefreshToken.objects.filter(pk=token.pk).update(rotated_at=now)
+            _rotate(token=token, successor_hash=refresh_token_hash(successor), now=now)
         elif now - token.rotated_at <= timedelta(seconds=settings.REFRESH_REUSE_GRACE_SECONDS):
             if not RefreshToken.objects.filter(parent=token, rotated_at__isnull=True).exists():
                 raise InvalidRefreshToken()
@@ -159,6 +183,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
             Session.objects.filter(pk=session.pk, revoked_at__isnull=True).update(
                 revoked_at=now, revoked_reason="refresh_reuse"
             )
+            session_cache_invalidate(session_ids=[session.pk])
             reuse_detected = True
     if reuse_detected:
         # Raised after the commit: the revocation must stick.
@@ -167,23 +192,31 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
     return _issue(user=session.user, session_id=session.pk, refresh_token=successor, now=now)
 
 
+def _sessions_revoke(*, sessions: QuerySet[Session], reason: str, now: datetime) -> int:
+    ids = list(sessions.filter(revoked_at__isnull=True).values_list("pk", flat=True))
+    if not ids:
+        return 0
+    count = Session.objects.filter(pk__in=ids, revoked_at__isnull=True).update(revoked_at=now, revoked_reason=reason)
+    session_cache_invalidate(session_ids=ids)
+    return count
+
+
 def session_logout(
     *, user_id: uuid.UUID, session_id: uuid.UUID, scope: LogoutScope, now: datetime | None = None
 ) -> int:
-    now = now or timezone.now()
-    sessions = Session.objects.filter(user_id=user_id, revoked_at__isnull=True)
+    sessions = Session.objects.filter(user_id=user_id)
     if scope == "local":
         sessions = sessions.filter(pk=session_id)
     elif scope == "others":
         sessions = sessions.exclude(pk=session_id)
-    return sessions.update(revoked_at=now, revoked_reason=f"logout_{scope}")
+    with db_budget():
+        return _sessions_revoke(sessions=sessions, reason=f"logout_{scope}", now=now or timezone.now())
 
 
 def session_revoke(*, session_ids: list[uuid.UUID], reason: str, now: datetime | None = None) -> int:
     """Operator revocation (admin action)."""
-    now = now or timezone.now()
-    return Session.objects.filter(pk__in=session_ids, revoked_at__isnull=True).update(
-        revoked_at=now, revoked_reason=reason
+    return _sessions_revoke(
+        sessions=Session.objects.filter(pk__in=session_ids), reason=reason, now=now or timezone.now()
     )
 
 
@@ -218,12 +251,13 @@ def user_signup(
     candidate.date_joined = now
     candidate.last_login = now
     try:
-        with transaction.atomic():
+        with db_budget():
             candidate.save(force_insert=True)
             tokens = session_start(user=candidate, ip=ip, user_agent=user_agent, now=now)
+            primary_key, _ = api_key_create(user=candidate, name="primary", is_primary=True, now=now)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
-    return tokens
+    return replace(tokens, api_key=primary_key)
 
 
 def user_authenticate(*, password: str, email: str | None = None, username: str | None = None) -> User:
@@ -266,18 +300,29 @@ def user_login(
 # --- profile and password ------------------------------------------------------------
 
 
-def user_update_profile(*, user_id: uuid.UUID, display_name: str | None = None, username: str | None = None) -> User:
+class _Unset:
+    """Marks a keyword that was not given (None is a value: "clear it")."""
+
+
+UNSET = _Unset()
+
+
+def user_update_profile(
+    *, user_id: uuid.UUID, display_name: str | _Unset = UNSET, username: str | None | _Unset = UNSET
+) -> User:
     user = User.objects.select_related("profile").get(pk=user_id)
     changed = []
-    if display_name is not None and display_name != user.display_name:
+    if not isinstance(display_name, _Unset) and display_name != user.display_name:
         user.display_name = display_name
         changed.append("display_name")
-    if username is not None and (username or None) != user.username:
+    if not isinstance(username, _Unset) and (username or None) != user.username:
         user.username = username or None
         changed.append("username")
     if changed:
         try:
-            user.save(update_fields=changed)
+            # Its own savepoint: a clash must not poison a caller's transaction.
+            with transaction.atomic():
+                user.save(update_fields=changed)
         except IntegrityError as exc:
             raise _integrity_conflict(exc) from None
         user.profile.refresh_from_db()
@@ -292,10 +337,57 @@ def user_change_password(
         raise ValidationError({"current_password": ["Current password is incorrect."]})
     password_validate(password=new_password, user=user, field_name="new_password")
     encoded = make_password(new_password)  # hashed outside the transaction
-    with transaction.atomic():
+    with db_budget():
         user.password = encoded
         user.save(update_fields=["password"])
-        session_logout(user_id=user.pk, session_id=session_id, scope="others")
+        _sessions_revoke(
+            sessions=Session.objects.filter(user=user).exclude(pk=session_id),
+            reason="password_change",
+            now=timezone.now(),
+        )
+
+
+# --- API keys ---------------------------------------------------------------------
+
+
+class ApiKeyNotFound(ApiError):
+    status = 404
+    code = "not_found"
+    detail = "API key not found"
+
+
+def api_key_create(
+    *, user: User, name: str, is_primary: bool = False, now: datetime | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; return it with the raw key, which is never stored."""
+    raw = api_key_new()
+    key = ApiKey.objects.create(
+        user=user,
+        name=name,
+        prefix=api_key_prefix(raw),
+        key_hash=api_key_hash(raw),
+        is_primary=is_primary,
+        created_at=now or timezone.now(),
+    )
+    key.raw_key = raw
+    return key, raw
+
+
+def api_key_revoke(*, user_id: uuid.UUID, key_id: uuid.UUID, now: datetime | None = None) -> None:
+    key = ApiKey.objects.filter(pk=key_id, user_id=user_id, revoked_at__isnull=True).first()
+    if key is None:
+        raise ApiKeyNotFound()
+    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now or timezone.now())
+    api_key_cache_invalidate(key_hashes=[key.key_hash])
+
+
+def api_keys_revoke(*, key_ids: list[uuid.UUID], now: datetime | None = None) -> int:
+    """Operator revocation (admin action)."""
+    keys = ApiKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True)
+    hashes = list(keys.values_list("key_hash", flat=True))
+    count = keys.update(revoked_at=now or timezone.now())
+    api_key_cache_invalidate(key_hashes=hashes)
+    return count
 
 
 # --- users-sync (the public mirror) -----------------------------------------------
@@ -319,6 +411,7 @@ def public_user_sync(*, user: User, created: bool = False) -> None:
 def public_user_remove(*, user_id: uuid.UUID) -> None:
     """Delete the mirror row (normally already gone through the cascade)."""
     PublicUser.objects.filter(pk=user_id).delete()
+    user_cache_invalidate(user_id=user_id)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Hooks only: each receiver calls a service."""
+"""Hooks only: each receiver calls a service or an invalidation."""
 
 from __future__ import annotations
 
@@ -8,18 +8,29 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from accounts import services
-from accounts.models import User
+from accounts.models import PublicUser, User
+from accounts.selectors import user_cache_invalidate
 
 
 @receiver(post_save, sender=User, dispatch_uid="accounts.users_sync.save")
 def user_saved(sender: type[User], instance: User, created: bool, update_fields: Any = None, **kwargs: Any) -> None:
     if kwargs.get("raw"):
         return  # loaddata: fixtures carry their own mirror rows
+    if not created:
+        # Any change (is_active, password, email...) ends the cached snapshot.
+        user_cache_invalidate(user_id=instance.pk)
     if update_fields is not None and not set(update_fields) & set(services.MIRRORED_FIELDS):
-        return  # e.g. a password or last_login write: nothing mirrored changed
+        return  # e.g. a password write: nothing mirrored changed
     services.public_user_sync(user=instance, created=created)
 
 
 @receiver(post_delete, sender=User, dispatch_uid="accounts.users_sync.delete")
 def user_deleted(sender: type[User], instance: User, **kwargs: Any) -> None:
     services.public_user_remove(user_id=instance.pk)
+
+
+@receiver(post_save, sender=PublicUser, dispatch_uid="accounts.mirror.save")
+def mirror_saved(sender: type[PublicUser], instance: PublicUser, created: bool, **kwargs: Any) -> None:
+    # The role lives on the mirror and is part of the cached user snapshot.
+    if not created:
+        user_cache_invalidate(user_id=instance.pk)

@@ -32,7 +32,7 @@ class AccessClaims:
 
 
 @cache
-def _derived_key(purpose: str) -> bytes:
+def derived_key(purpose: str) -> bytes:
     # Keys for separate purposes are derived from SECRET_KEY so one leaked
     # token type cannot forge another.
     return salted_hmac(f"velro.tokens.{purpose}", "key", secret=settings.SECRET_KEY, algorithm="sha256").digest()
@@ -41,7 +41,7 @@ def _derived_key(purpose: str) -> bytes:
 def jwt_key() -> bytes:
     if settings.JWT_SECRET:
         return settings.JWT_SECRET.encode()
-    return _derived_key("jwt")
+    return derived_key("jwt")
 
 
 def access_token_encode(*, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime) -> tuple[str, int]:
@@ -95,7 +95,7 @@ def refresh_token_successor(parent: str) -> str:
     window (two tabs refreshing at once) receives the same successor instead
     of a second, independent one. Unforgeable without the server key.
     """
-    digest = hmac.new(_derived_key("refresh-successor"), parent.encode(), hashlib.sha256).digest()
+    digest = hmac.new(derived_key("refresh-successor"), parent.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 

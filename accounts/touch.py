@@ -1,10 +1,11 @@
-"""Coalesced, off-request-path writes of `last_login`.
+"""Coalesced, off-request-path timestamp writes: `last_login`, `last_used_at`.
 
-A login must not pay for an UPDATE of the user row (and its lock) just to
-record a timestamp. Requests put (user, time) into a per-process buffer; a
+A login or an API-key request must not pay for an UPDATE (and its row lock)
+just to record a time. Requests put (row, time) into a per-process buffer; a
 daemon thread writes the buffer every TOUCH_FLUSH_INTERVAL_SECONDS in one
-transaction. Losing the last couple of seconds of timestamps when a worker is
-killed is acceptable: `last_login` is informational, sessions hold the truth.
+transaction, one UPDATE per row however many requests touched it. Losing the
+last seconds of timestamps when a worker is killed is acceptable: these
+fields are informational, sessions and keys hold the truth.
 """
 
 from __future__ import annotations
@@ -14,33 +15,51 @@ import logging
 import threading
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 
 logger = logging.getLogger("velro.touch")
 
+Field = Literal["user.last_login", "apikey.last_used_at"]
+
 _lock = threading.Lock()
-_pending: dict[uuid.UUID, datetime] = {}
+_pending: dict[tuple[Field, uuid.UUID], datetime] = {}
 _thread: threading.Thread | None = None
 
 
-def last_login(*, user_id: uuid.UUID, when: datetime) -> None:
+def mark(*, field: Field, pk: uuid.UUID, when: datetime) -> None:
     with _lock:
-        if _pending.get(user_id, when) <= when:
-            _pending[user_id] = when
+        key = (field, pk)
+        if _pending.get(key, when) <= when:
+            _pending[key] = when
     _ensure_thread()
 
 
-def pending() -> dict[uuid.UUID, datetime]:
+def last_login(*, user_id: uuid.UUID, when: datetime) -> None:
+    mark(field="user.last_login", pk=user_id, when=when)
+
+
+def api_key_used(*, key_id: uuid.UUID, when: datetime) -> None:
+    mark(field="apikey.last_used_at", pk=key_id, when=when)
+
+
+def pending() -> dict[tuple[Field, uuid.UUID], datetime]:
     with _lock:
         return dict(_pending)
 
 
-def flush() -> int:
-    """Write every buffered timestamp; return how many users were touched."""
-    from accounts.models import User
+def _write(field: Field, pk: uuid.UUID, when: datetime) -> None:
+    from accounts.models import ApiKey, User
 
+    model, column = (User, "last_login") if field == "user.last_login" else (ApiKey, "last_used_at")
+    # Never move a timestamp backwards (two workers, out-of-order flushes).
+    model.objects.filter(pk=pk).exclude(**{f"{column}__gte": when}).update(**{column: when})
+
+
+def flush() -> int:
+    """Write every buffered timestamp; return how many rows were touched."""
     with _lock:
         batch = dict(_pending)
         _pending.clear()
@@ -48,26 +67,24 @@ def flush() -> int:
         return 0
     try:
         with transaction.atomic():
-            for user_id, when in batch.items():
-                # Never move last_login backwards (two workers, out-of-order flushes).
-                User.objects.filter(pk=user_id).exclude(last_login__gte=when).update(last_login=when)
+            for (field, pk), when in batch.items():
+                _write(field, pk, when)
     except DatabaseError:
-        logger.warning("last_login flush failed; %d timestamps retried later", len(batch))
+        logger.warning("timestamp flush failed; %d rows retried later", len(batch))
         with _lock:
-            for user_id, when in batch.items():
-                _pending.setdefault(user_id, when)
+            for key, when in batch.items():
+                _pending.setdefault(key, when)
         return 0
     return len(batch)
 
 
 def _run() -> None:
-    interval = settings.TOUCH_FLUSH_INTERVAL_SECONDS
     stop = threading.Event()
-    while not stop.wait(interval):
+    while not stop.wait(settings.TOUCH_FLUSH_INTERVAL_SECONDS):
         try:
             flush()
         finally:
-            connection.close()  # this thread's own connection; don't hold it idle
+            connection.close()  # this thread's own connection: don't hold it idle
 
 
 def _ensure_thread() -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
+
 from rest_framework import status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import services
+from accounts import selectors, services, throttles
+from accounts.authentication import HasSession
 from accounts.serializers import (
+    ApiKeyCreateInput,
+    ApiKeyOutput,
     LoginInput,
     LogoutInput,
     PasswordChangeInput,
@@ -19,6 +24,7 @@ from accounts.serializers import (
     UserOutput,
     token_body,
 )
+from velro.errors import InvalidCredentials
 from velro.net import client_ip, user_agent
 
 
@@ -29,6 +35,7 @@ class PublicView(APIView):
 
 class SignupView(PublicView):
     def post(self, request: Request) -> Response:
+        throttles.signup_guard(ip=client_ip(request))
         data = SignupInput(data=request.data)
         data.is_valid(raise_exception=True)
         tokens = services.user_signup(
@@ -38,25 +45,35 @@ class SignupView(PublicView):
             ip=client_ip(request),
             user_agent=user_agent(request),
         )
-        return Response(token_body(tokens), status=status.HTTP_201_CREATED)
+        body = token_body(tokens)
+        body["api_key"] = ApiKeyOutput(tokens.api_key).data  # shown once
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class LoginView(PublicView):
     def post(self, request: Request) -> Response:
         data = LoginInput(data=request.data)
         data.is_valid(raise_exception=True)
-        tokens = services.user_login(
-            email=data.validated_data.get("email"),
-            username=data.validated_data.get("username"),
-            password=data.validated_data["password"],
-            ip=client_ip(request),
-            user_agent=user_agent(request),
-        )
+        ip = client_ip(request)
+        identifier = data.validated_data.get("email") or data.validated_data["username"]
+        throttles.login_guard(ip=ip, identifier=identifier)
+        try:
+            tokens = services.user_login(
+                email=data.validated_data.get("email"),
+                username=data.validated_data.get("username"),
+                password=data.validated_data["password"],
+                ip=ip,
+                user_agent=user_agent(request),
+            )
+        except InvalidCredentials:
+            throttles.login_failed(ip=ip, identifier=identifier)
+            raise
         return Response(token_body(tokens))
 
 
 class RefreshView(PublicView):
     def post(self, request: Request) -> Response:
+        throttles.refresh_guard(ip=client_ip(request))
         data = RefreshInput(data=request.data)
         data.is_valid(raise_exception=True)
         tokens = services.session_refresh(refresh_token=data.validated_data["refresh_token"])
@@ -64,6 +81,8 @@ class RefreshView(PublicView):
 
 
 class LogoutView(APIView):
+    permission_classes = [IsAuthenticated, HasSession]
+
     def post(self, request: Request) -> Response:
         data = LogoutInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -85,7 +104,10 @@ class MeView(APIView):
 
 
 class PasswordChangeView(APIView):
+    permission_classes = [IsAuthenticated, HasSession]
+
     def post(self, request: Request) -> Response:
+        throttles.password_change_guard(user_id=request.user.pk)
         data = PasswordChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.user_change_password(
@@ -94,4 +116,27 @@ class PasswordChangeView(APIView):
             current_password=data.validated_data["current_password"],
             new_password=data.validated_data["new_password"],
         )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class ApiKeyListView(APIView):
+    permission_classes = [IsAuthenticated, HasSession]
+
+    def get(self, request: Request) -> Response:
+        keys = selectors.user_api_keys(user_id=request.user.pk)
+        return Response({"results": ApiKeyOutput(keys, many=True).data})
+
+    def post(self, request: Request) -> Response:
+        throttles.api_key_create_guard(user_id=request.user.pk)
+        data = ApiKeyCreateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        key, _ = services.api_key_create(user=request.user, name=data.validated_data["name"])
+        return Response(ApiKeyOutput(key).data, status=status.HTTP_201_CREATED)
+
+
+class ApiKeyDetailView(APIView):
+    permission_classes = [IsAuthenticated, HasSession]
+
+    def delete(self, request: Request, key_id: uuid.UUID) -> Response:
+        services.api_key_revoke(user_id=request.user.pk, key_id=key_id)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -74,6 +74,18 @@ def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in _str(name, default).split(",") if item.strip()]
 
 
+def _rate(name: str, default: str) -> tuple[int, int]:
+    """'150/300' = 150 requests per 300 seconds."""
+    raw = _str(name, default)
+    try:
+        limit, window = (int(part) for part in raw.split("/"))
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r}: expected '<count>/<seconds>', e.g. 150/300") from None
+    if limit < 1 or window < 1:
+        raise ImproperlyConfigured(f"{name}={raw!r}: count and seconds must be >= 1")
+    return limit, window
+
+
 def _url(name: str, default: str | None = None, schemes: tuple[str, ...] = ()) -> str:
     value = _str(name, default)
     if value and schemes and urlsplit(value).scheme not in schemes:
@@ -152,12 +164,16 @@ except (ImproperlyConfigured, KeyError, ValueError) as exc:
 # Timeouts bound every query so a stalled database answers 503 instead of
 # hanging a worker (the old service's 30 s logins). Milliseconds.
 DB_CONNECT_TIMEOUT = _int("DB_CONNECT_TIMEOUT", 3, minimum=1)  # seconds
-DB_STATEMENT_TIMEOUT_MS = _int("DB_STATEMENT_TIMEOUT_MS", 5000, minimum=1)
-DB_LOCK_TIMEOUT_MS = _int("DB_LOCK_TIMEOUT_MS", 2000, minimum=1)
+DB_STATEMENT_TIMEOUT_MS = _int("DB_STATEMENT_TIMEOUT_MS", 3000, minimum=1)
+DB_LOCK_TIMEOUT_MS = _int("DB_LOCK_TIMEOUT_MS", 1000, minimum=1)
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = _int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000, minimum=1)
 DB_CONN_MAX_AGE = _int("DB_CONN_MAX_AGE", 600)
+# The tighter budget of the auth transactions (signup, refresh, logout,
+# password change), applied with SET LOCAL (velro.db.db_budget).
+AUTH_STATEMENT_TIMEOUT_MS = _int("AUTH_STATEMENT_TIMEOUT_MS", 1500, minimum=1)
+AUTH_LOCK_TIMEOUT_MS = _int("AUTH_LOCK_TIMEOUT_MS", 500, minimum=1)
 
-if _db["ENGINE"] == "django.db.backends.postgresql":
+if _db.get("ENGINE") == "django.db.backends.postgresql":
     _db["CONN_MAX_AGE"] = DB_CONN_MAX_AGE
     _db["CONN_HEALTH_CHECKS"] = True
     _db["OPTIONS"] = {
@@ -168,7 +184,7 @@ if _db["ENGINE"] == "django.db.backends.postgresql":
             f" -c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
         ),
     }
-elif _db["ENGINE"] == "django.db.backends.sqlite3":
+elif _db.get("ENGINE") == "django.db.backends.sqlite3":
     (BASE_DIR / "var").mkdir(exist_ok=True)
     _db["OPTIONS"] = {"timeout": DB_CONNECT_TIMEOUT}
 else:
@@ -185,6 +201,8 @@ CACHE_TTL = _int("CACHE_TTL", 300, minimum=1)
 # not seconds. Seconds (floats allowed).
 REDIS_SOCKET_CONNECT_TIMEOUT = _float("REDIS_SOCKET_CONNECT_TIMEOUT", 0.25)
 REDIS_SOCKET_TIMEOUT = _float("REDIS_SOCKET_TIMEOUT", 0.25)
+# After a cache error, skip the cache for this long before trying again.
+CACHE_BREAKER_COOLDOWN_SECONDS = _float("CACHE_BREAKER_COOLDOWN_SECONDS", 5.0)
 
 if REDIS_URL:
     CACHES = {
@@ -249,6 +267,18 @@ ACCESS_TOKEN_TTL_SECONDS = _int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30)
 REFRESH_TOKEN_TTL_SECONDS = _int("REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=60)
 REFRESH_REUSE_GRACE_SECONDS = _int("REFRESH_REUSE_GRACE_SECONDS", 10)
 
+# Rate limits (ASVS 6.3.1), "<count>/<seconds>". Near GoTrue's defaults.
+RATELIMIT_ENABLE = _bool("RATELIMIT_ENABLE", True)
+RATELIMIT_LOGIN_IP = _rate("RATELIMIT_LOGIN_IP", "150/300")
+# Failed logins per account from one IP, and per account from anywhere. Both
+# windows are short so a victim can be locked out for minutes, not longer.
+RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP = _rate("RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP", "5/300")
+RATELIMIT_LOGIN_FAILURES_ACCOUNT = _rate("RATELIMIT_LOGIN_FAILURES_ACCOUNT", "50/900")
+RATELIMIT_SIGNUP_IP = _rate("RATELIMIT_SIGNUP_IP", "30/3600")
+RATELIMIT_REFRESH_IP = _rate("RATELIMIT_REFRESH_IP", "150/300")
+RATELIMIT_PASSWORD_USER = _rate("RATELIMIT_PASSWORD_USER", "10/900")
+RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
+
 # How many reverse proxies (load balancer, nginx) sit in front of gunicorn.
 # X-Forwarded-For is read only this many hops from the right; 0 = ignore it.
 TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)
@@ -269,8 +299,11 @@ DEFAULT_FROM_EMAIL = _str("DEFAULT_FROM_EMAIL", "Velro <no-reply@velro.local>")
 
 # --- Celery ------------------------------------------------------------------
 
+# Defaults to REDIS_URL; in DEBUG with no Redis, to the file-system broker.
 CELERY_BROKER_URL = _url(
-    "CELERY_BROKER_URL", REDIS_URL or None, schemes=("redis", "rediss", "amqp", "pyamqp", "filesystem")
+    "CELERY_BROKER_URL",
+    REDIS_URL or ("filesystem://" if DEBUG else None),
+    schemes=("redis", "rediss", "amqp", "pyamqp", "filesystem"),
 )
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"

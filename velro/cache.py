@@ -1,0 +1,157 @@
+"""The cache as the request path sees it: optional, bounded, observable.
+
+Redis makes reads cheap but must never make a request fail or wait. Every
+call goes through SafeCache:
+
+- an error (connection refused, socket timeout) opens a breaker: for
+  CACHE_BREAKER_COOLDOWN_SECONDS every call skips Redis and behaves as a miss,
+  so requests do not each pay a timeout; the outage is logged once, and once
+  when it ends;
+- when the breaker closes again the cache *generation* is bumped: entries
+  written before the outage are ignored from then on, so an invalidation that
+  could not reach Redis during the outage (a logout, a revoked key) is never
+  answered from a stale entry afterwards;
+- hits, misses and errors are counted for the metrics.
+
+Time and the backend are injectable so tests can drive the breaker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import BaseCache, caches
+
+logger = logging.getLogger("velro.cache")
+
+GENERATION_KEY = "gen"
+
+
+class SafeCache:
+    def __init__(
+        self,
+        backend: BaseCache | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cooldown: float | None = None,
+    ) -> None:
+        self._backend = backend
+        self._clock = clock
+        self._cooldown = cooldown
+        self._open_until = 0.0
+        self._outage = False
+        self._lock = threading.Lock()
+        self.stats: Counter[str] = Counter()
+
+    @property
+    def backend(self) -> BaseCache:
+        return self._backend if self._backend is not None else caches["default"]
+
+    @property
+    def cooldown(self) -> float:
+        return self._cooldown if self._cooldown is not None else settings.CACHE_BREAKER_COOLDOWN_SECONDS
+
+    @property
+    def available(self) -> bool:
+        return self._clock() >= self._open_until
+
+    def _call(self, operation: str, fn: Callable[[], Any], default: Any) -> Any:
+        if not self.available:
+            self.stats["bypassed"] += 1
+            return default
+        try:
+            result = fn()
+        except Exception as exc:  # any backend failure degrades to "no cache"
+            self._trip(operation, exc)
+            return default
+        if self._outage:
+            self._recover()
+        return result
+
+    def _trip(self, operation: str, exc: Exception) -> None:
+        self.stats["errors"] += 1
+        with self._lock:
+            self._open_until = self._clock() + self.cooldown
+            first = not self._outage
+            self._outage = True
+        if first:
+            logger.warning(
+                "cache unavailable (%s during %s): bypassing it for %.1fs at a time until it answers again",
+                exc.__class__.__name__,
+                operation,
+                self.cooldown,
+            )
+
+    def _recover(self) -> None:
+        with self._lock:
+            if not self._outage:
+                return
+            self._outage = False
+        try:
+            self._bump_generation()
+        except Exception as exc:
+            self._trip("generation bump", exc)
+            return
+        logger.warning("cache available again: generation bumped, entries from before the outage ignored")
+
+    def _bump_generation(self) -> None:
+        backend = self.backend
+        backend.add(GENERATION_KEY, 0, timeout=None)
+        backend.incr(GENERATION_KEY)
+
+    # --- the operations the app uses ---------------------------------------------
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        keys = list(keys)
+        found = self._call("get_many", lambda: self.backend.get_many(keys), {})
+        hits = sum(1 for key in keys if key in found and key != GENERATION_KEY)
+        self.stats["hits"] += hits
+        self.stats["misses"] += len([k for k in keys if k != GENERATION_KEY]) - hits
+        return found
+
+    def get(self, key: str) -> Any:
+        return self.get_many([key]).get(key)
+
+    def set_many(self, data: dict[str, Any], timeout: int | None = None) -> None:
+        ttl = settings.CACHE_TTL if timeout is None else timeout
+        self._call("set_many", lambda: self.backend.set_many(data, timeout=ttl), None)
+
+    def set(self, key: str, value: Any, timeout: int | None = None) -> None:
+        self.set_many({key: value}, timeout)
+
+    def delete_many(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            self._call("delete_many", lambda: self.backend.delete_many(keys), None)
+
+    def incr(self, key: str, amount: int, timeout: int) -> int | None:
+        """Add to a counter that expires `timeout` seconds after creation;
+        None when the cache is unavailable (the caller falls back)."""
+
+        def run() -> int:
+            backend = self.backend
+            backend.add(key, 0, timeout=timeout)
+            return backend.incr(key, amount) if amount else int(backend.get(key) or 0)
+
+        return self._call("incr", run, None)
+
+    def generation(self, found: dict[str, Any]) -> int:
+        """The current generation, read in the same round trip as the entries."""
+        value = found.get(GENERATION_KEY)
+        return int(value) if value is not None else 0
+
+    def reset(self) -> None:
+        """Close the breaker and zero the counters (tests)."""
+        with self._lock:
+            self._open_until = 0.0
+            self._outage = False
+        self.stats.clear()
+
+
+safe_cache = SafeCache()
