@@ -70,8 +70,10 @@ class SafeCache:
         except Exception as exc:  # any backend failure degrades to "no cache"
             self._trip(operation, exc)
             return default
-        if self._outage:
-            self._recover()
+        if self._outage and self._recover():
+            # Read again: what the first call returned was read under the
+            # old generation, and may be an entry the outage made stale.
+            return self._call(operation, fn, default)
         return result
 
     def _trip(self, operation: str, exc: Exception) -> None:
@@ -88,17 +90,19 @@ class SafeCache:
                 self.cooldown,
             )
 
-    def _recover(self) -> None:
+    def _recover(self) -> bool:
+        """End the outage: bump the generation. True when it is over."""
         with self._lock:
             if not self._outage:
-                return
+                return False
             self._outage = False
         try:
             self._bump_generation()
         except Exception as exc:
             self._trip("generation bump", exc)
-            return
+            return False
         logger.warning("cache available again: generation bumped, entries from before the outage ignored")
+        return True
 
     def _bump_generation(self) -> None:
         backend = self.backend
@@ -136,8 +140,10 @@ class SafeCache:
 
         def run() -> int:
             backend = self.backend
+            if not amount:
+                return int(backend.get(key) or 0)
             backend.add(key, 0, timeout=timeout)
-            return backend.incr(key, amount) if amount else int(backend.get(key) or 0)
+            return backend.incr(key, amount)
 
         return self._call("incr", run, None)
 
