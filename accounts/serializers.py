@@ -16,9 +16,18 @@ USERNAME_VALIDATOR = RegexValidator(
 )
 
 
+class StrictCharField(serializers.CharField):
+    """A CharField that refuses numbers and booleans instead of str()-ing them."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 def _password_field(max_length: int) -> serializers.CharField:
     # Passwords are taken as typed: no trimming, no other normalisation.
-    return serializers.CharField(max_length=max_length, trim_whitespace=False, write_only=True)
+    return StrictCharField(max_length=max_length, trim_whitespace=False, write_only=True)
 
 
 class StrictInput(serializers.Serializer):
@@ -35,7 +44,7 @@ class StrictInput(serializers.Serializer):
 class SignupInput(serializers.Serializer):
     email = serializers.EmailField(max_length=254)
     password = _password_field(settings.PASSWORD_MAX_LENGTH)
-    username = serializers.CharField(
+    username = StrictCharField(
         required=False, allow_null=True, allow_blank=True, max_length=30, validators=[USERNAME_VALIDATOR]
     )
     # Any value is accepted: a malformed referral code must never fail a signup
@@ -51,7 +60,7 @@ def referral_code_clean(value: Any) -> str | None:
 
 class LoginInput(serializers.Serializer):
     email = serializers.EmailField(required=False, max_length=254)
-    username = serializers.CharField(required=False, max_length=254)
+    username = StrictCharField(required=False, max_length=254)
     # Generous limit: a login must fail as invalid_credentials, not reveal rules.
     password = _password_field(1024)
 
@@ -62,7 +71,7 @@ class LoginInput(serializers.Serializer):
 
 
 class RefreshInput(serializers.Serializer):
-    refresh_token = serializers.CharField(max_length=512)
+    refresh_token = StrictCharField(max_length=512)
 
 
 class LogoutInput(serializers.Serializer):
@@ -70,8 +79,8 @@ class LogoutInput(serializers.Serializer):
 
 
 class ProfileInput(StrictInput):
-    display_name = serializers.CharField(required=False, allow_blank=True, max_length=100)
-    username = serializers.CharField(
+    display_name = StrictCharField(required=False, allow_blank=True, max_length=100)
+    username = StrictCharField(
         required=False, allow_null=True, allow_blank=True, max_length=30, validators=[USERNAME_VALIDATOR]
     )
 
@@ -82,7 +91,7 @@ class PasswordChangeInput(serializers.Serializer):
 
 
 class ApiKeyCreateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=64)
+    name = StrictCharField(max_length=64)
 
 
 class ApiKeyOutput(serializers.Serializer):

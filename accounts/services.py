@@ -308,7 +308,7 @@ UNSET = _Unset()
 
 
 def user_update_profile(
-    *, user_id: uuid.UUID, display_name: str | _Unset = UNSET, username: str | None | _Unset = UNSET
+    *, user_id: uuid.UUID, display_name: str | _Unset = UNSET, username: str | _Unset | None = UNSET
 ) -> User:
     user = User.objects.select_related("profile").get(pk=user_id)
     changed = []
