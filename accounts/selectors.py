@@ -80,6 +80,7 @@ def _user_entry(user: User, generation: int) -> dict[str, Any]:
         "is_superuser": user.is_superuser,
         "date_joined": user.date_joined.isoformat(),
         "role": profile.role if profile else Role.VIEWER,
+        "referral_code": user_referral_code(user),
     }
 
 
@@ -101,7 +102,18 @@ def _user_from_entry(entry: dict[str, Any]) -> User:
     user.profile = PublicUser(
         user=user, email=user.email, username=user.username, display_name=user.display_name, role=entry["role"]
     )
+    user.cached_referral_code = entry.get("referral_code")
     return user
+
+
+def user_referral_code(user: User) -> str | None:
+    """The user's referral code, from a cached snapshot or the joined row."""
+    if getattr(user, "is_cached_snapshot", False):
+        return getattr(user, "cached_referral_code", None)
+    if getattr(user, "new_referral_code", None):
+        return user.new_referral_code  # just created (signup)
+    code = getattr(user, "referral_code", None)
+    return code.code if code is not None else None
 
 
 # --- token authentication ---------------------------------------------------------
@@ -124,7 +136,11 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
         if snapshot is not None:
             return _user_from_entry(snapshot) if snapshot["is_active"] else None
 
-    session = Session.objects.select_related("user__profile").filter(pk=session_id, user_id=user_id).first()
+    session = (
+        Session.objects.select_related("user__profile", "user__referral_code")
+        .filter(pk=session_id, user_id=user_id)
+        .first()
+    )
     if session is None:
         return None
     user = session.user
@@ -180,7 +196,7 @@ def user_get(*, user_id: uuid.UUID) -> User | None:
     snapshot = _fresh(found.get(ukey), generation)
     if snapshot is not None:
         return _user_from_entry(snapshot)
-    user = User.objects.select_related("profile").filter(pk=user_id).first()
+    user = User.objects.select_related("profile", "referral_code").filter(pk=user_id).first()
     if user is not None:
         safe_cache.set(ukey, _user_entry(user, generation))
     return user

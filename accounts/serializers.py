@@ -9,6 +9,7 @@ from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from accounts.models import User
+from accounts.selectors import user_referral_code
 from accounts.services import IssuedTokens
 
 USERNAME_VALIDATOR = RegexValidator(
@@ -117,6 +118,10 @@ class UserOutput(serializers.Serializer):
     role = serializers.SerializerMethodField()
     display_name = serializers.CharField()
     created_at = serializers.DateTimeField(source="date_joined")
+    referral_code = serializers.SerializerMethodField()
+
+    def get_referral_code(self, user: User) -> str | None:
+        return user_referral_code(user)
 
     def get_role(self, user: User) -> str:
         profile = getattr(user, "profile", None)

@@ -33,6 +33,7 @@ from accounts.tokens import (
     refresh_token_new,
     refresh_token_successor,
 )
+from referrals.services import referral_intent_record, welcome_email_queue
 from velro.db import db_budget
 from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken
 
@@ -164,7 +165,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
     with db_budget():
         token = (
             RefreshToken.objects.select_for_update(of=("self",))
-            .select_related("session__user__profile")
+            .select_related("session__user__profile", "session__user__referral_code")
             .filter(token_hash=refresh_token_hash(refresh_token))
             .first()
         )
@@ -238,9 +239,13 @@ def user_signup(
     email: str,
     password: str,
     username: str | None = None,
+    referral_code: str | None = None,
     ip: str | None = None,
     user_agent: str = "",
 ) -> IssuedTokens:
+    """Create the user, mirror, referral code, session and primary API key in one
+    transaction; record the referral intent and the welcome email there too, so
+    a broker outage delays that work but cannot lose it."""
     email = normalize_email(email)
     candidate = User(email=email, username=username or None)
     password_validate(password=password, user=candidate)
@@ -255,6 +260,9 @@ def user_signup(
             candidate.save(force_insert=True)
             tokens = session_start(user=candidate, ip=ip, user_agent=user_agent, now=now)
             primary_key, _ = api_key_create(user=candidate, name="primary", is_primary=True, now=now)
+            if referral_code:
+                referral_intent_record(user=candidate, code=referral_code, now=now)
+            welcome_email_queue(user=candidate)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
     return replace(tokens, api_key=primary_key)
@@ -266,7 +274,7 @@ def user_authenticate(*, password: str, email: str | None = None, username: str 
     Unknown users, users without a usable password and inactive users cost
     the same verify and get the same error as a wrong password.
     """
-    users = User.objects.select_related("profile")
+    users = User.objects.select_related("profile", "referral_code")
     if email is not None:
         users = users.filter(email__lower=email.strip().lower())
     else:
@@ -310,7 +318,7 @@ UNSET = _Unset()
 def user_update_profile(
     *, user_id: uuid.UUID, display_name: str | _Unset = UNSET, username: str | _Unset | None = UNSET
 ) -> User:
-    user = User.objects.select_related("profile").get(pk=user_id)
+    user = User.objects.select_related("profile", "referral_code").get(pk=user_id)
     changed = []
     if not isinstance(display_name, _Unset) and display_name != user.display_name:
         user.display_name = display_name

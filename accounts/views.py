@@ -22,6 +22,7 @@ from accounts.serializers import (
     RefreshInput,
     SignupInput,
     UserOutput,
+    referral_code_clean,
     token_body,
 )
 from velro.errors import InvalidCredentials
@@ -42,6 +43,7 @@ class SignupView(PublicView):
             email=data.validated_data["email"],
             password=data.validated_data["password"],
             username=data.validated_data.get("username") or None,
+            referral_code=referral_code_clean(data.validated_data.get("referral_code")),
             ip=client_ip(request),
             user_agent=user_agent(request),
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -316,9 +317,39 @@ CELERY_TASK_SOFT_TIME_LIMIT = _int("CELERY_TASK_SOFT_TIME_LIMIT", 30, minimum=1)
 CELERY_TASK_TIME_LIMIT = _int("CELERY_TASK_TIME_LIMIT", 60, minimum=1)
 # Redelivery of an unacked (acks_late) task happens after the visibility
 # timeout; it must exceed the hard time limit or a slow task runs twice.
-CELERY_BROKER_TRANSPORT_OPTIONS: dict = {"visibility_timeout": _int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)}
+CELERY_VISIBILITY_TIMEOUT = _int("CELERY_VISIBILITY_TIMEOUT", 3600, minimum=1)
+if CELERY_VISIBILITY_TIMEOUT <= CELERY_TASK_TIME_LIMIT:
+    raise ImproperlyConfigured("CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT")
+CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
+    "visibility_timeout": CELERY_VISIBILITY_TIMEOUT,
+    # Publishing from a request must fail fast when the broker is down.
+    "socket_connect_timeout": 0.5,
+    "socket_timeout": 2,
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# After a failed enqueue, skip the broker for this long (the work is in
+# PostgreSQL; the sweeper sends it).
+CELERY_ENQUEUE_COOLDOWN_SECONDS = _float("CELERY_ENQUEUE_COOLDOWN_SECONDS", 5.0)
+REFERRAL_SWEEP_MIN_AGE_SECONDS = _int("REFERRAL_SWEEP_MIN_AGE_SECONDS", 30)
+REFERRAL_SWEEP_INTERVAL_SECONDS = _int("REFERRAL_SWEEP_INTERVAL_SECONDS", 60, minimum=1)
+EMAIL_MAX_ATTEMPTS = _int("EMAIL_MAX_ATTEMPTS", 10, minimum=1)
+REFERRAL_SYNC_TIME = _str("REFERRAL_SYNC_TIME", "03:30")  # UTC, HH:MM
+try:
+    _sync_hour, _sync_minute = (int(part) for part in REFERRAL_SYNC_TIME.split(":"))
+    if not (0 <= _sync_hour < 24 and 0 <= _sync_minute < 60):
+        raise ValueError
+except ValueError:
+    raise ImproperlyConfigured(f"REFERRAL_SYNC_TIME={REFERRAL_SYNC_TIME!r} is not HH:MM (UTC)") from None
+CELERY_BEAT_SCHEDULE = {
+    "referrals-sweep": {"task": "referrals.sweep", "schedule": float(REFERRAL_SWEEP_INTERVAL_SECONDS)},
+    "referrals-nightly-sync": {
+        "task": "referrals.nightly_sync",
+        "schedule": crontab(hour=_sync_hour, minute=_sync_minute),
+    },
+}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Embedded fallback for local runs with no Redis: messages are files.
     _broker_dir = BASE_DIR / "var" / "celery-broker"

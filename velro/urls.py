@@ -12,4 +12,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health", health, name="health"),
     path("api/v1/auth/", include("accounts.urls")),
+    path("api/v1/referrals/", include("referrals.urls")),
 ]
