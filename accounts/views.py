@@ -25,7 +25,6 @@ from accounts.serializers import (
     referral_code_clean,
     token_body,
 )
-from velro.errors import InvalidCredentials
 from velro.net import client_ip, user_agent
 
 
@@ -59,17 +58,14 @@ class LoginView(PublicView):
         ip = client_ip(request)
         identifier = data.validated_data.get("email") or data.validated_data["username"]
         throttles.login_guard(ip=ip, identifier=identifier)
-        try:
-            tokens = services.user_login(
-                email=data.validated_data.get("email"),
-                username=data.validated_data.get("username"),
-                password=data.validated_data["password"],
-                ip=ip,
-                user_agent=user_agent(request),
-            )
-        except InvalidCredentials:
-            throttles.login_failed(ip=ip, identifier=identifier)
-            raise
+        tokens = services.user_login(
+            email=data.validated_data.get("email"),
+            username=data.validated_data.get("username"),
+            password=data.validated_data["password"],
+            ip=ip,
+            user_agent=user_agent(request),
+        )
+        throttles.login_succeeded(ip=ip, identifier=identifier)
         return Response(token_body(tokens))
 
 

@@ -87,9 +87,10 @@ class RateLimiter:
         if count >= rate.limit:
             raise RateLimited(headers={"Retry-After": str(retry_after)})
 
-    def add(self, bucket: str, ident: str, rate: Rate) -> None:
+    def add(self, bucket: str, ident: str, rate: Rate, amount: int = 1) -> None:
+        """Adjust a count without enforcing (-1 hands a reserved slot back)."""
         if settings.RATELIMIT_ENABLE:
-            self._count(bucket, ident, rate, 1)
+            self._count(bucket, ident, rate, amount)
 
 
 limiter = RateLimiter()
