@@ -9,20 +9,30 @@ from django.core.cache import cache
 from rest_framework.test import APIClient
 
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from monitoring import audit, slo
+from monitoring.checks import readiness_reset
 from velro.cache import safe_cache
 from velro.ratelimit import LocalCounters, limiter
+from velro.tasks import enqueue_reset
 
 
 def _reset_shared_state() -> None:
     cache.clear()
     safe_cache.reset()
     limiter.local = LocalCounters()
+    enqueue_reset()
+    readiness_reset()
+    slo.reset()
+    audit.flush_discard()
 
 
 @pytest.fixture(autouse=True)
 def _isolation(settings):
-    # last_login is flushed by tests themselves (accounts.touch.flush()).
+    # Background writers stay off: tests flush by hand (touch.flush(),
+    # audit.flush(), slo.flush()); the audit buffer still buffers (< 0).
     settings.TOUCH_FLUSH_INTERVAL_SECONDS = 0
+    settings.SLO_FLUSH_SECONDS = 0
+    settings.AUDIT_FLUSH_SECONDS = -1
     _reset_shared_state()
     yield
     _reset_shared_state()

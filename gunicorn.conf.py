@@ -76,6 +76,30 @@ proc_name = "velro-web"
 control_socket_disable = True
 
 
+# Prometheus multiprocess mode: every worker writes its samples to files in
+# one directory and /metrics sums them, so the numbers are right whichever
+# worker answers the scrape. Must be set before the workers import the app.
+_METRICS_DIR = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "var", "prometheus", bind.replace(":", "_")),
+)
+
+
+def on_starting(server: Any) -> None:
+    """Start from an empty metrics directory (files of a previous run would be summed in)."""
+    os.makedirs(_METRICS_DIR, exist_ok=True)
+    for name in os.listdir(_METRICS_DIR):
+        if name.endswith(".db"):
+            os.remove(os.path.join(_METRICS_DIR, name))
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A dead worker's live gauges stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
 def post_worker_init(worker: Any) -> None:
     """Warm up a freshly forked worker (its own DB/Redis connections, caches).
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django.contrib.auth.hashers import Argon2PasswordHasher, BCryptPasswordHasher
 
+from monitoring.context import phase
+
 
 class Argon2idPasswordHasher(Argon2PasswordHasher):
     """argon2id with m=19456 KiB, t=2, p=1 (OWASP Password Storage Cheat Sheet).
@@ -16,6 +18,14 @@ class Argon2idPasswordHasher(Argon2PasswordHasher):
     time_cost = 2
     memory_cost = 19456
     parallelism = 1
+
+    def encode(self, password: str, salt: str) -> str:
+        with phase("hash"):
+            return super().encode(password, salt)
+
+    def verify(self, password: str, encoded: str) -> bool:
+        with phase("hash"):
+            return super().verify(password, encoded)
 
 
 class SupabaseBCryptPasswordHasher(BCryptPasswordHasher):
@@ -38,7 +48,8 @@ class SupabaseBCryptPasswordHasher(BCryptPasswordHasher):
 
     def verify(self, password: str, encoded: str) -> bool:
         try:
-            return super().verify(password, encoded)
+            with phase("hash"):
+                return super().verify(password, encoded)
         except ValueError:
             # A malformed stored hash is a failed login, not a 500.
             return False

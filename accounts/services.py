@@ -35,7 +35,7 @@ from accounts.tokens import (
 )
 from referrals.services import referral_intent_record, welcome_email_queue
 from velro.db import db_budget
-from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken
+from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken, RefreshTokenReused
 
 logger = logging.getLogger("velro.accounts")
 
@@ -189,7 +189,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
     if reuse_detected:
         # Raised after the commit: the revocation must stick.
         logger.warning("refresh token reuse: session %s revoked", session.pk)
-        raise InvalidRefreshToken()
+        raise RefreshTokenReused(user_id=session.user_id)
     return _issue(user=session.user, session_id=session.pk, refresh_token=successor, now=now)
 
 

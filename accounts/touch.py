@@ -10,7 +10,6 @@ fields are informational, sessions and keys hold the truth.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import threading
 import uuid
@@ -18,7 +17,9 @@ from datetime import datetime
 from typing import Literal
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import DatabaseError, transaction
+
+from velro.background import PeriodicFlusher
 
 logger = logging.getLogger("velro.touch")
 
@@ -26,7 +27,6 @@ Field = Literal["user.last_login", "apikey.last_used_at"]
 
 _lock = threading.Lock()
 _pending: dict[tuple[Field, uuid.UUID], datetime] = {}
-_thread: threading.Thread | None = None
 
 
 def mark(*, field: Field, pk: uuid.UUID, when: datetime) -> None:
@@ -34,7 +34,7 @@ def mark(*, field: Field, pk: uuid.UUID, when: datetime) -> None:
         key = (field, pk)
         if _pending.get(key, when) <= when:
             _pending[key] = when
-    _ensure_thread()
+    flusher.ensure_started()
 
 
 def last_login(*, user_id: uuid.UUID, when: datetime) -> None:
@@ -78,21 +78,4 @@ def flush() -> int:
     return len(batch)
 
 
-def _run() -> None:
-    stop = threading.Event()
-    while not stop.wait(settings.TOUCH_FLUSH_INTERVAL_SECONDS):
-        try:
-            flush()
-        finally:
-            connection.close()  # this thread's own connection: don't hold it idle
-
-
-def _ensure_thread() -> None:
-    global _thread
-    if settings.TOUCH_FLUSH_INTERVAL_SECONDS <= 0 or (_thread is not None and _thread.is_alive()):
-        return  # 0 disables the thread: tests call flush() themselves
-    with _lock:
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="velro-touch", daemon=True)
-            _thread.start()
-            atexit.register(flush)
+flusher = PeriodicFlusher("velro-touch", flush, lambda: settings.TOUCH_FLUSH_INTERVAL_SECONDS)

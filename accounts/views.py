@@ -25,6 +25,9 @@ from accounts.serializers import (
     referral_code_clean,
     token_body,
 )
+from monitoring import audit
+from monitoring.models import AuditEvent
+from velro.errors import InvalidCredentials, RefreshTokenReused
 from velro.net import client_ip, user_agent
 
 
@@ -46,6 +49,7 @@ class SignupView(PublicView):
             ip=client_ip(request),
             user_agent=user_agent(request),
         )
+        audit.record(AuditEvent.Kind.SIGNUP, request, user_id=tokens.user.pk)
         body = token_body(tokens)
         body["api_key"] = ApiKeyOutput(tokens.api_key).data  # shown once
         return Response(body, status=status.HTTP_201_CREATED)
@@ -58,14 +62,19 @@ class LoginView(PublicView):
         ip = client_ip(request)
         identifier = data.validated_data.get("email") or data.validated_data["username"]
         throttles.login_guard(ip=ip, identifier=identifier)
-        tokens = services.user_login(
-            email=data.validated_data.get("email"),
-            username=data.validated_data.get("username"),
-            password=data.validated_data["password"],
-            ip=ip,
-            user_agent=user_agent(request),
-        )
+        try:
+            tokens = services.user_login(
+                email=data.validated_data.get("email"),
+                username=data.validated_data.get("username"),
+                password=data.validated_data["password"],
+                ip=ip,
+                user_agent=user_agent(request),
+            )
+        except InvalidCredentials:
+            audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier)
+            raise
         throttles.login_succeeded(ip=ip, identifier=identifier)
+        audit.record(AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=tokens.user.pk, session=tokens.session_id)
         return Response(token_body(tokens))
 
 
@@ -74,7 +83,12 @@ class RefreshView(PublicView):
         throttles.refresh_guard(ip=client_ip(request))
         data = RefreshInput(data=request.data)
         data.is_valid(raise_exception=True)
-        tokens = services.session_refresh(refresh_token=data.validated_data["refresh_token"])
+        try:
+            tokens = services.session_refresh(refresh_token=data.validated_data["refresh_token"])
+        except RefreshTokenReused as exc:
+            audit.record(AuditEvent.Kind.REFRESH_REUSE, request, user_id=exc.user_id)
+            raise
+        audit.record(AuditEvent.Kind.REFRESH, request, user_id=tokens.user.pk, session=tokens.session_id)
         return Response(token_body(tokens))
 
 
@@ -84,9 +98,9 @@ class LogoutView(APIView):
     def post(self, request: Request) -> Response:
         data = LogoutInput(data=request.data)
         data.is_valid(raise_exception=True)
-        services.session_logout(
-            user_id=request.user.pk, session_id=request.auth.session_id, scope=data.validated_data["scope"]
-        )
+        scope = data.validated_data["scope"]
+        services.session_logout(user_id=request.user.pk, session_id=request.auth.session_id, scope=scope)
+        audit.record(AuditEvent.Kind.LOGOUT, request, user_id=request.user.pk, scope=scope)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -114,6 +128,7 @@ class PasswordChangeView(APIView):
             current_password=data.validated_data["current_password"],
             new_password=data.validated_data["new_password"],
         )
+        audit.record(AuditEvent.Kind.PASSWORD_CHANGE, request, user_id=request.user.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -129,6 +144,7 @@ class ApiKeyListView(APIView):
         data = ApiKeyCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
         key, _ = services.api_key_create(user=request.user, name=data.validated_data["name"])
+        audit.record(AuditEvent.Kind.API_KEY_CREATED, request, user_id=request.user.pk, key=key.prefix)
         return Response(ApiKeyOutput(key).data, status=status.HTTP_201_CREATED)
 
 
@@ -137,4 +153,5 @@ class ApiKeyDetailView(APIView):
 
     def delete(self, request: Request, key_id: uuid.UUID) -> Response:
         services.api_key_revoke(user_id=request.user.pk, key_id=key_id)
+        audit.record(AuditEvent.Kind.API_KEY_REVOKED, request, user_id=request.user.pk, key=key_id)
         return Response(status=status.HTTP_204_NO_CONTENT)

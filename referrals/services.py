@@ -114,35 +114,40 @@ def referral_intent_process(*, intent_id: int, now: datetime | None = None) -> s
     """Validate one intent and record its Referral; credit it if valid.
 
     Returns what happened: "credited", "rejected", "pending" or "skipped"
-    (already done, or being processed by someone else right now).
+    (nothing left to do, or someone else holds the intent right now). Safe to
+    run again at any point: a run interrupted between recording the Referral
+    and crediting it (worker killed, lock timeout) finishes the credit.
     """
     now = now or timezone.now()
     with transaction.atomic():
-        intent = (
-            ReferralIntent.objects.select_for_update(skip_locked=True)
-            .filter(pk=intent_id, status=IntentStatus.PENDING)
-            .first()
-        )
+        intent = ReferralIntent.objects.select_for_update(skip_locked=True).filter(pk=intent_id).first()
         if intent is None:
             return "skipped"
-        referrer_id, reason = _validate(intent)
-        referral, _ = Referral.objects.get_or_create(
-            referred_id=intent.referred_id,
-            defaults={
-                "referrer_id": referrer_id,
-                "code": intent.code,
-                "status": ReferralStatus.REJECTED if reason else ReferralStatus.PENDING,
-                "reason": reason,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
-        ReferralIntent.objects.filter(pk=intent.pk).update(
-            status=IntentStatus.DONE, processed_at=now, attempts=F("attempts") + 1
-        )
+        if intent.status == IntentStatus.PENDING:
+            referrer_id, reason = _validate(intent)
+            Referral.objects.get_or_create(
+                referred_id=intent.referred_id,
+                defaults={
+                    "referrer_id": referrer_id,
+                    "code": intent.code,
+                    "status": ReferralStatus.REJECTED if reason else ReferralStatus.PENDING,
+                    "reason": reason,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            ReferralIntent.objects.filter(pk=intent.pk).update(
+                status=IntentStatus.DONE, processed_at=now, attempts=F("attempts") + 1
+            )
+            fresh = True
+        else:
+            fresh = False
+    referral = Referral.objects.filter(referred_id=intent.referred_id).only("id", "status").first()
+    if referral is None:
+        return "skipped"
     if referral.status == ReferralStatus.PENDING and referral_credit(referral_id=referral.pk, now=now):
         return "credited"
-    return referral.status
+    return referral.status if fresh else "skipped"
 
 
 def referral_credit(*, referral_id: uuid.UUID, now: datetime | None = None) -> bool:

@@ -28,6 +28,9 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import BaseCache, caches
 
+from monitoring.context import phase
+from monitoring.metrics import CACHE
+
 logger = logging.getLogger("velro.cache")
 
 GENERATION_KEY = "gen"
@@ -66,7 +69,8 @@ class SafeCache:
             self.stats["bypassed"] += 1
             return default
         try:
-            result = fn()
+            with phase("cache"):
+                result = fn()
         except Exception as exc:  # any backend failure degrades to "no cache"
             self._trip(operation, exc)
             return default
@@ -78,6 +82,7 @@ class SafeCache:
 
     def _trip(self, operation: str, exc: Exception) -> None:
         self.stats["errors"] += 1
+        CACHE.labels("error").inc()
         with self._lock:
             self._open_until = self._clock() + self.cooldown
             first = not self._outage
@@ -115,8 +120,11 @@ class SafeCache:
         keys = list(keys)
         found = self._call("get_many", lambda: self.backend.get_many(keys), {})
         hits = sum(1 for key in keys if key in found and key != GENERATION_KEY)
+        misses = len([key for key in keys if key != GENERATION_KEY]) - hits
         self.stats["hits"] += hits
-        self.stats["misses"] += len([k for k in keys if k != GENERATION_KEY]) - hits
+        self.stats["misses"] += misses
+        CACHE.labels("hit").inc(hits)
+        CACHE.labels("miss").inc(misses)
         return found
 
     def get(self, key: str) -> Any:

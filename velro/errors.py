@@ -44,6 +44,14 @@ class InvalidRefreshToken(ApiError):
     detail = "Invalid refresh token"
 
 
+class RefreshTokenReused(InvalidRefreshToken):
+    """A rotated token replayed after the grace window: its family was revoked."""
+
+    def __init__(self, *, user_id: object) -> None:
+        super().__init__()
+        self.user_id = user_id
+
+
 class Conflict(ApiError):
     status = 409
     code = "conflict"

@@ -9,6 +9,7 @@ given. `.env.example` documents every variable read here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -120,14 +121,17 @@ INSTALLED_APPS = [
     "monitoring",
 ]
 
+# The FastLane* entries are Django's own middleware, stepping aside for the
+# API and the probes (monitoring/middleware.py); the admin gets all of them.
 MIDDLEWARE = [
+    "monitoring.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    "monitoring.middleware.FastLaneSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
-    "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "monitoring.middleware.FastLaneCsrfViewMiddleware",
+    "monitoring.middleware.FastLaneAuthenticationMiddleware",
+    "monitoring.middleware.FastLaneMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "velro.errors.DatabaseUnavailableMiddleware",
 ]
@@ -168,15 +172,23 @@ DB_CONNECT_TIMEOUT = _int("DB_CONNECT_TIMEOUT", 3, minimum=1)  # seconds
 DB_STATEMENT_TIMEOUT_MS = _int("DB_STATEMENT_TIMEOUT_MS", 3000, minimum=1)
 DB_LOCK_TIMEOUT_MS = _int("DB_LOCK_TIMEOUT_MS", 1000, minimum=1)
 DB_IDLE_IN_TRANSACTION_TIMEOUT_MS = _int("DB_IDLE_IN_TRANSACTION_TIMEOUT_MS", 10000, minimum=1)
+# Django's native psycopg pool, one per process (see README: Connections).
+DB_POOL = _bool("DB_POOL", True)
+DB_POOL_MIN_SIZE = _int("DB_POOL_MIN_SIZE", 2, minimum=0)
+DB_POOL_MAX_SIZE = _int("DB_POOL_MAX_SIZE", 4, minimum=1)
+DB_POOL_TIMEOUT = _float("DB_POOL_TIMEOUT", 2.0)  # seconds a request may wait for a connection
+# Without the pool: persistent connections, this many seconds.
 DB_CONN_MAX_AGE = _int("DB_CONN_MAX_AGE", 600)
 # The tighter budget of the auth transactions (signup, refresh, logout,
 # password change), applied with SET LOCAL (velro.db.db_budget).
+READINESS_TIMEOUT_MS = _int("READINESS_TIMEOUT_MS", 500, minimum=1)
+READINESS_CACHE_SECONDS = _float("READINESS_CACHE_SECONDS", 2.0)
 AUTH_STATEMENT_TIMEOUT_MS = _int("AUTH_STATEMENT_TIMEOUT_MS", 1500, minimum=1)
 AUTH_LOCK_TIMEOUT_MS = _int("AUTH_LOCK_TIMEOUT_MS", 500, minimum=1)
 
 if _db.get("ENGINE") == "django.db.backends.postgresql":
-    _db["CONN_MAX_AGE"] = DB_CONN_MAX_AGE
-    _db["CONN_HEALTH_CHECKS"] = True
+    _db["CONN_MAX_AGE"] = 0 if DB_POOL else DB_CONN_MAX_AGE
+    _db["CONN_HEALTH_CHECKS"] = True  # with the pool: a connection is checked before it is lent
     _db["OPTIONS"] = {
         "connect_timeout": DB_CONNECT_TIMEOUT,
         "options": (
@@ -185,6 +197,16 @@ if _db.get("ENGINE") == "django.db.backends.postgresql":
             f" -c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
         ),
     }
+    if DB_POOL:
+        if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
+            raise ImproperlyConfigured("DB_POOL_MIN_SIZE must be <= DB_POOL_MAX_SIZE")
+        _db["OPTIONS"]["pool"] = {
+            "min_size": DB_POOL_MIN_SIZE,
+            "max_size": DB_POOL_MAX_SIZE,
+            "timeout": DB_POOL_TIMEOUT,
+            "max_idle": 300,
+            "name": "velro",
+        }
 elif _db.get("ENGINE") == "django.db.backends.sqlite3":
     (BASE_DIR / "var").mkdir(exist_ok=True)
     _db["OPTIONS"] = {"timeout": DB_CONNECT_TIMEOUT}
@@ -325,6 +347,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
     # Publishing from a request must fail fast when the broker is down.
     "socket_connect_timeout": 0.5,
     "socket_timeout": 2,
+    # No reconnect loop when publishing (kombu would sleep 2 s first): the
+    # enqueue breaker and the sweeper handle a dead broker.
+    "max_retries": 0,
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -344,6 +369,7 @@ try:
 except ValueError:
     raise ImproperlyConfigured(f"REFERRAL_SYNC_TIME={REFERRAL_SYNC_TIME!r} is not HH:MM (UTC)") from None
 CELERY_BEAT_SCHEDULE = {
+    "monitoring-evaluate-slos": {"task": "monitoring.evaluate_slos", "schedule": 60.0},
     "referrals-sweep": {"task": "referrals.sweep", "schedule": float(REFERRAL_SWEEP_INTERVAL_SECONDS)},
     "referrals-nightly-sync": {
         "task": "referrals.nightly_sync",
@@ -398,17 +424,57 @@ SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 CSRF_TRUSTED_ORIGINS = _list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
 
+# --- Monitoring ------------------------------------------------------------------
+
+VELRO_VERSION = "0.1.0"
+GIT_COMMIT = _str("GIT_COMMIT", "")  # set at build time; else read from the checkout
+BUILD_TIME = _str("BUILD_TIME", "")
+# /metrics: a bearer token, and/or client networks allowed without one.
+METRICS_TOKEN = _str("METRICS_TOKEN", "")
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        ipaddress.ip_network(item) for item in _list("METRICS_ALLOWED_NETWORKS", "127.0.0.1/32,::1/128")
+    ]
+except ValueError as exc:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
+AUTH_TIMING_ENABLED = _bool("AUTH_TIMING_ENABLED", False)
+SLO_P95_WARNING_MS = _float("SLO_P95_WARNING_MS", 500.0)
+SLO_P95_CRITICAL_MS = _float("SLO_P95_CRITICAL_MS", 1000.0)
+SLO_SUCCESS_RATE_MIN = _float("SLO_SUCCESS_RATE_MIN", 0.99)
+if not 0 <= SLO_SUCCESS_RATE_MIN <= 1:
+    raise ImproperlyConfigured("SLO_SUCCESS_RATE_MIN must be between 0 and 1")
+SLO_WINDOW_MINUTES = _int("SLO_WINDOW_MINUTES", 5, minimum=1)
+SLO_FLUSH_SECONDS = _float("SLO_FLUSH_SECONDS", 5.0)
+# Audit events are written in bulk every N seconds (0 = synchronously).
+AUDIT_FLUSH_SECONDS = _float("AUDIT_FLUSH_SECONDS", 1.0)
+
 # --- Logging -----------------------------------------------------------------------
 
 LOG_LEVEL = _str("LOG_LEVEL", "INFO").upper()
 if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
     raise ImproperlyConfigured(f"LOG_LEVEL={LOG_LEVEL!r} is not a log level")
 
+LOG_FORMAT = _str("LOG_FORMAT", "json")
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r}: use json or plain")
+
+# Structured JSON logs; every line carries the request id of the request
+# that produced it ("-" outside a request).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "monitoring.logging.RequestIdFilter"}},
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {"django.db.backends": {"level": "INFO"}},
 }

@@ -19,6 +19,8 @@ from celery import Task
 from django.conf import settings
 from django.db import transaction
 
+from monitoring.metrics import ENQUEUE_FAILURES
+
 logger = logging.getLogger("velro.tasks")
 
 stats: Counter[str] = Counter()
@@ -31,11 +33,13 @@ def enqueue(task: Task, *args: Any) -> bool:
     global _skip_until
     if time.monotonic() < _skip_until:
         stats["enqueue_skipped"] += 1
+        ENQUEUE_FAILURES.inc()
         return False
     try:
         task.apply_async(args=args, retry=False)
     except Exception as exc:  # the broker is down or slow: the sweeper will catch up
         stats["enqueue_failures"] += 1
+        ENQUEUE_FAILURES.inc()
         with _lock:
             first = time.monotonic() >= _skip_until
             _skip_until = time.monotonic() + settings.CELERY_ENQUEUE_COOLDOWN_SECONDS

@@ -14,7 +14,7 @@ from accounts.tests.factories import UserFactory
 pytestmark = pytest.mark.django_db(transaction=False)
 
 ME = "/api/v1/auth/me"
-USER_FIELDS = {"id", "email", "username", "role", "display_name", "created_at"}
+USER_FIELDS = {"id", "email", "username", "role", "display_name", "created_at", "referral_code"}
 WWW_AUTHENTICATE = 'Bearer realm="velro"'
 
 

@@ -82,6 +82,7 @@ def test_signup_returns_201_with_the_token_body(signup):
         "role": "viewer",
         "display_name": "",
         "created_at": body["user"]["created_at"],
+        "referral_code": user.referral_code.code,
     }
     assert body["user"]["created_at"].startswith(user.date_joined.strftime("%Y-%m-%dT%H:%M:%S"))
 

@@ -1,0 +1,149 @@
+"""Request context, timing and the fast lane.
+
+RequestContextMiddleware (outermost): request id (X-Request-ID in and out),
+phase timings (db via an execute wrapper; cache and hash recorded by
+velro.cache and accounts.hashers), the `Server-Timing` header, request metrics.
+
+The FastLane* classes are Django's session, CSRF, auth and messages
+middleware that step aside for the API and the probes: those routes
+authenticate with bearer tokens, never read a session cookie or render a
+form, so running the middleware would only cost time (a session lookup per
+request, for instance). The admin keeps all of them. Each class is a
+subclass of the one it replaces, so Django's admin checks still see it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
+from django.db import connection
+from django.http import HttpRequest, HttpResponse
+from django.middleware.csrf import CsrfViewMiddleware
+
+from monitoring import context, metrics, slo
+
+logger = logging.getLogger("velro.request")
+
+FAST_LANE_PREFIXES = ("/api/", "/auth/v1/", "/health", "/metrics", "/__version")
+
+
+def is_fast_lane(path: str) -> bool:
+    return path.startswith(FAST_LANE_PREFIXES)
+
+
+def _route(request: HttpRequest) -> str:
+    match = getattr(request, "resolver_match", None)
+    if match is not None and match.route:
+        return "/" + match.route
+    return "unmatched"
+
+
+class RequestContextMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        # The record stays current after the response (until the next request
+        # on this thread begins), so Django's own request logging, which runs
+        # after the middleware chain, still carries the request id.
+        record = context.begin(context.request_id_from(request.META.get("HTTP_X_REQUEST_ID")))
+        request.request_id = record.request_id
+        with connection.execute_wrapper(_time_query):
+            response = self.get_response(request)
+        total = record.total_ms()
+        response["X-Request-ID"] = record.request_id
+        response["Server-Timing"] = server_timing(record, total)
+        route = _route(request)
+        status = response.status_code
+        metrics.observe_request(route=route, method=request.method or "", status=status, ms=total)
+        if route in LOGIN_ROUTES and request.method == "POST":
+            metrics.login_outcome(_login_outcome(status))
+        if slo.tracked(route):
+            slo.record(route, total, ok=status < 500)
+        if settings.AUTH_TIMING_ENABLED and route.startswith("/api/v1/auth/"):
+            logger.info(
+                "timing %s %s %s",
+                request.method,
+                route,
+                status,
+                extra={"route": route, "status": status, "phases": _phases(record, total)},
+            )
+        return response
+
+
+LOGIN_ROUTES = {"/api/v1/auth/login", "/auth/v1/token"}
+
+
+def _login_outcome(status: int) -> str:
+    if status < 300:
+        return "success"
+    if status == 429:
+        return "rate_limited"
+    if status >= 500:
+        return "unavailable"
+    return "invalid"
+
+
+def _time_query(execute: Callable, sql: str, params: Any, many: bool, ctx: dict) -> Any:
+    start = time.perf_counter()
+    try:
+        return execute(sql, params, many, ctx)
+    finally:
+        record = context.current()
+        if record is not None:
+            record.add("db", (time.perf_counter() - start) * 1000)
+
+
+def _phases(record: context.RequestRecord, total: float) -> dict[str, float]:
+    phases = {name: round(ms, 2) for name, ms in record.phases.items()}
+    phases["total"] = round(total, 2)
+    return phases
+
+
+def server_timing(record: context.RequestRecord, total: float) -> str:
+    """`db;dur=0.41;desc="2 queries", cache;dur=0.12, hash;dur=21.7, total;dur=23.9`"""
+    parts = []
+    for name in ("db", "cache", "hash"):
+        if name in record.phases:
+            count = record.counts.get(name, 0)
+            parts.append(f'{name};dur={record.phases[name]:.2f};desc="{count}x"')
+    parts.append(f"total;dur={total:.2f}")
+    return ", ".join(parts)
+
+
+def _fast_lane(name: str, base: type) -> type:
+    """`base`, stepping aside on fast-lane paths (and saying so in the record)."""
+
+    def __call__(self: Any, request: HttpRequest) -> HttpResponse:
+        record = context.current()
+        if is_fast_lane(request.path_info):
+            if record is not None:
+                record.middleware_skipped.append(name)
+            return self.get_response(request)
+        if record is not None:
+            record.middleware_ran.append(name)
+        return base.__call__(self, request)
+
+    attrs: dict[str, Any] = {"__call__": __call__, "__module__": __name__, "fast_lane_name": name}
+    if hasattr(base, "process_view"):
+        # The handler calls process_view directly, outside __call__.
+        def process_view(self: Any, request: HttpRequest, *args: Any) -> Any:
+            if is_fast_lane(request.path_info):
+                return None
+            return base.process_view(self, request, *args)
+
+        attrs["process_view"] = process_view
+    return type(f"FastLane{name}", (base,), attrs)
+
+
+FastLaneSessionMiddleware = _fast_lane("SessionMiddleware", SessionMiddleware)
+FastLaneCsrfViewMiddleware = _fast_lane("CsrfViewMiddleware", CsrfViewMiddleware)
+FastLaneAuthenticationMiddleware = _fast_lane("AuthenticationMiddleware", AuthenticationMiddleware)
+FastLaneMessageMiddleware = _fast_lane("MessageMiddleware", MessageMiddleware)

@@ -1,0 +1,38 @@
+"""The audit trail of auth events (ASVS 16.3.1)."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+
+class AuditEvent(models.Model):
+    class Kind(models.TextChoices):
+        SIGNUP = "signup"
+        LOGIN_SUCCESS = "login_success"
+        LOGIN_FAILURE = "login_failure"
+        REFRESH = "refresh"
+        REFRESH_REUSE = "refresh_reuse_detected"
+        LOGOUT = "logout"
+        PASSWORD_CHANGE = "password_change"
+        API_KEY_CREATED = "api_key_created"
+        API_KEY_REVOKED = "api_key_revoked"
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=32, choices=Kind.choices)
+    # No foreign key: the trail outlives deleted users and must never block a delete.
+    user_id = models.UUIDField(null=True, blank=True, db_index=True)
+    # What a failed login tried (the identifier typed), for investigations.
+    identifier = models.CharField(max_length=254, blank=True, default="")
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=256, blank=True, default="")
+    request_id = models.CharField(max_length=128, blank=True, default="")
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "audit_events"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.user_id or self.identifier} {self.created_at:%Y-%m-%d %H:%M:%S}"
