@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from django.conf import settings
@@ -79,8 +80,16 @@ class LogoutInput(serializers.Serializer):
     scope = serializers.ChoiceField(choices=["local", "global", "others"], default="local")
 
 
+def _printable(value: str) -> str:
+    # A display name ends up in email subjects and admin pages: no line
+    # breaks or other control characters.
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise serializers.ValidationError("Control characters are not allowed.")
+    return value
+
+
 class ProfileInput(StrictInput):
-    display_name = StrictCharField(required=False, allow_blank=True, max_length=100)
+    display_name = StrictCharField(required=False, allow_blank=True, max_length=100, validators=[_printable])
     username = StrictCharField(
         required=False, allow_null=True, allow_blank=True, max_length=30, validators=[USERNAME_VALIDATOR]
     )

@@ -28,6 +28,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import User
+from accounts.selectors import user_cache_invalidate
 from referrals.codes import referral_code_new, referral_code_normalize
 from referrals.models import (
     EmailKind,
@@ -238,7 +239,8 @@ class EmailSendError(Exception):
 def _message(notification: EmailNotification) -> EmailMultiAlternatives:
     recipient = notification.recipient
     context = {**notification.context, "email": recipient.email}
-    subject = SUBJECTS[notification.kind].format(**context)
+    # One line whatever a display name contains: a header cannot be split.
+    subject = " ".join(SUBJECTS[notification.kind].format(**context).split())
     text = render_to_string(f"referrals/email/{notification.kind}.txt", context)
     html = render_to_string(f"referrals/email/{notification.kind}.html", context)
     message = EmailMultiAlternatives(subject, text, settings.DEFAULT_FROM_EMAIL, [recipient.email])
@@ -300,6 +302,9 @@ def referrals_sweep(*, min_age_seconds: int | None = None, limit: int = 500) -> 
         status=ReferralStatus.PENDING, referrer__isnull=False, created_at__lte=cutoff
     ).values_list("pk", flat=True)[:limit]:
         summary["credited"] += referral_credit(referral_id=referral_id)
+    EmailNotification.objects.filter(status=EmailStatus.PENDING, attempts__gte=settings.EMAIL_MAX_ATTEMPTS).update(
+        status=EmailStatus.FAILED
+    )  # out of attempts: visible to operators as failed (last_error kept)
     emails = EmailNotification.objects.filter(
         status=EmailStatus.PENDING, created_at__lte=cutoff, attempts__lt=settings.EMAIL_MAX_ATTEMPTS
     ).values_list("pk", flat=True)[:limit]
@@ -375,6 +380,7 @@ def referrals_reconcile() -> ReconcileReport:
 
     for user_id in User.objects.filter(referral_code__isnull=True).values_list("pk", flat=True):
         referral_code_create(user_id=user_id)
+        user_cache_invalidate(user_id=user_id)  # the cached snapshot said "no code"
         report.codes_created += 1
     report.counters_examined, report.counters_fixed = _counters_fix()
 

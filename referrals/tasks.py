@@ -8,7 +8,8 @@ twice changes nothing the second time (see referrals.services).
 
 from __future__ import annotations
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from django.db import DatabaseError
 
 from referrals import services
@@ -32,15 +33,21 @@ def credit_referral(referral_id: str) -> bool:
     return services.referral_credit(referral_id=referral_id)
 
 
-@shared_task(
-    name="referrals.send_email",
-    bind=True,
-    autoretry_for=(services.EmailSendError, DatabaseError),
-    max_retries=6,
-    **RETRYING,
-)
-def send_email(self: object, notification_id: int) -> str:
-    return services.email_send(notification_id=notification_id)
+@shared_task(name="referrals.send_email", bind=True, autoretry_for=(DatabaseError,), max_retries=6, **RETRYING)
+def send_email(self: Task, notification_id: int) -> str:
+    try:
+        return services.email_send(notification_id=notification_id)
+    except services.EmailSendError as exc:
+        if self.request.retries >= self.max_retries:
+            services.email_give_up(notification_id=notification_id, error=str(exc))
+            return "failed"
+        delay = get_exponential_backoff_interval(
+            factor=RETRYING["retry_backoff"],
+            retries=self.request.retries,
+            maximum=RETRYING["retry_backoff_max"],
+            full_jitter=True,
+        )
+        raise self.retry(exc=exc, countdown=delay) from exc
 
 
 @shared_task(name="referrals.sweep", acks_late=True, reject_on_worker_lost=True)
