@@ -98,6 +98,11 @@ def welcome_email_queue(*, user: User) -> int | None:
 # --- processing (workers) --------------------------------------------------------------
 
 
+# Outcomes of referral_intent_process: this call validated the intent / this call credited.
+PROCESSED = {"credited", "rejected", "pending"}
+CREDITED = {"credited", "resumed"}
+
+
 def _validate(intent: ReferralIntent) -> tuple[uuid.UUID | None, str]:
     """(referrer id, reject reason): one indexed lookup."""
     code = referral_code_normalize(intent.code)
@@ -114,10 +119,11 @@ def _validate(intent: ReferralIntent) -> tuple[uuid.UUID | None, str]:
 def referral_intent_process(*, intent_id: int, now: datetime | None = None) -> str:
     """Validate one intent and record its Referral; credit it if valid.
 
-    Returns what happened: "credited", "rejected", "pending" or "skipped"
-    (nothing left to do, or someone else holds the intent right now). Safe to
-    run again at any point: a run interrupted between recording the Referral
-    and crediting it (worker killed, lock timeout) finishes the credit.
+    Returns what happened: "credited", "rejected" or "pending" when this call
+    processed the intent; "resumed" when the intent had been processed by a
+    run interrupted before its credit (worker killed, lock timeout) and this
+    call did the credit; "skipped" when there was nothing left to do, or
+    someone else holds the intent right now.
     """
     now = now or timezone.now()
     with transaction.atomic():
@@ -147,7 +153,7 @@ def referral_intent_process(*, intent_id: int, now: datetime | None = None) -> s
     if referral is None:
         return "skipped"
     if referral.status == ReferralStatus.PENDING and referral_credit(referral_id=referral.pk, now=now):
-        return "credited"
+        return "credited" if fresh else "resumed"
     return referral.status if fresh else "skipped"
 
 
@@ -296,8 +302,8 @@ def referrals_sweep(*, min_age_seconds: int | None = None, limit: int = 500) -> 
     summary = {"intents": 0, "credited": 0, "emails": 0}
     for intent_id in _pending_intent_ids(older_than=cutoff, limit=limit):
         outcome = referral_intent_process(intent_id=intent_id)
-        summary["intents"] += outcome != "skipped"
-        summary["credited"] += outcome == "credited"
+        summary["intents"] += outcome in PROCESSED
+        summary["credited"] += outcome in CREDITED
     for referral_id in Referral.objects.filter(
         status=ReferralStatus.PENDING, referrer__isnull=False, created_at__lte=cutoff
     ).values_list("pk", flat=True)[:limit]:
@@ -369,8 +375,8 @@ def referrals_reconcile() -> ReconcileReport:
             break
         report.intents_examined += len(batch)
         outcomes = [referral_intent_process(intent_id=intent_id) for intent_id in batch]
-        report.intents_processed += sum(outcome != "skipped" for outcome in outcomes)
-        report.referrals_credited += outcomes.count("credited")
+        report.intents_processed += sum(outcome in PROCESSED for outcome in outcomes)
+        report.referrals_credited += sum(outcome in CREDITED for outcome in outcomes)
         if not any(outcome != "skipped" for outcome in outcomes):
             break  # everything left is locked by busy workers: they will finish it
     for referral_id in Referral.objects.filter(status=ReferralStatus.PENDING, referrer__isnull=False).values_list(

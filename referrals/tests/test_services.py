@@ -261,6 +261,20 @@ def test_invalid_codes_are_rejected_with_a_reason_and_credit_nobody(referrer, ca
     assert intent.status == IntentStatus.DONE
 
 
+def test_a_run_interrupted_before_the_credit_is_finished_by_the_next_run(referrer):
+    intent = ReferralIntentFactory(code=code_of(referrer))
+    # What an interrupted run leaves: the intent done, its referral still pending.
+    Referral.objects.create(referrer=referrer, referred_id=intent.referred_id, code=intent.code)
+    ReferralIntent.objects.filter(pk=intent.pk).update(status=IntentStatus.DONE, attempts=1)
+
+    assert services.referral_intent_process(intent_id=intent.pk) == "resumed"
+    assert Referral.objects.get().status == ReferralStatus.CREDITED
+    assert ReferralCode.objects.get(user=referrer).credited_count == 1
+    assert EmailNotification.objects.filter(kind=EmailKind.REFERRAL_CREDITED).count() == 1
+    assert services.referral_intent_process(intent_id=intent.pk) == "skipped"
+    assert ReferralCode.objects.get(user=referrer).credited_count == 1
+
+
 def test_processing_an_intent_twice_changes_nothing_the_second_time(referrer):
     intent = ReferralIntentFactory(code=code_of(referrer))
     assert services.referral_intent_process(intent_id=intent.pk) == "credited"
