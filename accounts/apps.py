@@ -7,3 +7,4 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts import signals  # noqa: F401  (connects the users-sync hooks)
+        from velro import openapi  # noqa: F401  (registers the schema's auth extensions)

@@ -16,6 +16,12 @@ CharField.register_lookup(Lower)
 EmailField.register_lookup(Lower)
 
 
+# Users imported without an address (Supabase anonymous or phone-only users)
+# get `<id>@no-email.invalid` to satisfy the required, unique email column:
+# .invalid is reserved (RFC 2606) and never deliverable. GoTrue shows them "".
+NO_EMAIL_DOMAIN = "no-email.invalid"
+
+
 def normalize_email(email: str) -> str:
     return BaseUserManager.normalize_email(email.strip())
 
@@ -52,6 +58,15 @@ class User(AbstractBaseUser, PermissionsMixin):
     is_active = models.BooleanField(default=True)
     is_staff = models.BooleanField(default=False)
     date_joined = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    # Supabase Auth (GoTrue) compatibility: the fields its user object and
+    # access tokens carry (accounts/gotrue/), kept by the user import.
+    user_metadata = models.JSONField(default=dict, blank=True)
+    app_metadata = models.JSONField(default=dict, blank=True)
+    phone = models.CharField(max_length=32, null=True, blank=True)
+    email_confirmed_at = models.DateTimeField(null=True, blank=True)
+    # GoTrue's is_anonymous (`is_anonymous` itself is Django's, always False for a user).
+    is_anonymous_user = models.BooleanField(default=False)
 
     objects = UserManager()
 
@@ -77,6 +92,9 @@ class User(AbstractBaseUser, PermissionsMixin):
         self.email = normalize_email(self.email)
         if self.username == "":
             self.username = None  # blank in the admin means "no username", not a duplicate ""
+        self.updated_at = timezone.now()
+        if kwargs.get("update_fields") is not None:
+            kwargs["update_fields"] = {*kwargs["update_fields"], "updated_at"}
         # post_save (users-sync) runs inside this block, so the mirror row is
         # written in the same transaction by every ORM path: API, admin,
         # createsuperuser, shell. savepoint=False: no extra round trips.

@@ -27,7 +27,8 @@ from velro.cache import GENERATION_KEY, safe_cache
 
 
 def user_key(user_id: uuid.UUID | str) -> str:
-    return f"user:v1:{user_id}"
+    # v2: the snapshot carries the GoTrue fields (metadata, phone, timestamps).
+    return f"user:v2:{user_id}"
 
 
 def session_key(session_id: uuid.UUID | str) -> str:
@@ -81,7 +82,23 @@ def _user_entry(user: User, generation: int) -> dict[str, Any]:
         "date_joined": user.date_joined.isoformat(),
         "role": profile.role if profile else Role.VIEWER,
         "referral_code": user_referral_code(user),
+        # Read by the GoTrue surface (GET /auth/v1/user and its token claims).
+        "updated_at": _iso(user.updated_at),
+        "last_login": _iso(user.last_login),
+        "email_confirmed_at": _iso(user.email_confirmed_at),
+        "phone": user.phone,
+        "user_metadata": user.user_metadata,
+        "app_metadata": user.app_metadata,
+        "is_anonymous_user": user.is_anonymous_user,
     }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _datetime(value: str | None) -> datetime | None:
+    return parse_datetime(value) if value else None
 
 
 def _user_from_entry(entry: dict[str, Any]) -> User:
@@ -94,6 +111,13 @@ def _user_from_entry(entry: dict[str, Any]) -> User:
         is_staff=entry["is_staff"],
         is_superuser=entry["is_superuser"],
         date_joined=parse_datetime(entry["date_joined"]),
+        updated_at=_datetime(entry["updated_at"]),
+        last_login=_datetime(entry["last_login"]),
+        email_confirmed_at=_datetime(entry["email_confirmed_at"]),
+        phone=entry["phone"],
+        user_metadata=entry["user_metadata"],
+        app_metadata=entry["app_metadata"],
+        is_anonymous_user=entry["is_anonymous_user"],
         password="!",  # the hash is never cached; this snapshot cannot log in
     )
     user._state.adding = False

@@ -105,19 +105,14 @@ class ApiKeyCreateInput(serializers.Serializer):
 
 
 class ApiKeyOutput(serializers.Serializer):
+    # Only a just-created key has raw_key: the one time the full key is shown.
+    key = serializers.CharField(source="raw_key", required=False, help_text="The full key: creation response only.")
     id = serializers.UUIDField()
     name = serializers.CharField()
     prefix = serializers.CharField()
     is_primary = serializers.BooleanField()
     created_at = serializers.DateTimeField()
     last_used_at = serializers.DateTimeField(allow_null=True)
-
-    def to_representation(self, instance: Any) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        raw = getattr(instance, "raw_key", None)
-        if raw:  # only right after creation: the one time the key is shown
-            data["key"] = raw
-        return data
 
 
 class UserOutput(serializers.Serializer):
@@ -135,6 +130,25 @@ class UserOutput(serializers.Serializer):
     def get_role(self, user: User) -> str:
         profile = getattr(user, "profile", None)
         return profile.role if profile is not None else "viewer"
+
+
+class TokenOutput(serializers.Serializer):
+    """The token body (documentation of token_body())."""
+
+    access_token = serializers.CharField()
+    token_type = serializers.ChoiceField(choices=["bearer"])
+    expires_in = serializers.IntegerField()
+    expires_at = serializers.IntegerField()
+    refresh_token = serializers.CharField()
+    user = UserOutput()
+
+
+class SignupOutput(TokenOutput):
+    api_key = ApiKeyOutput(help_text="The primary API key; `key` is shown only here.")
+
+
+class ApiKeyListOutput(serializers.Serializer):
+    results = ApiKeyOutput(many=True)
 
 
 def token_body(tokens: IssuedTokens) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import ErrorDetail, ValidationError
 
 from accounts import touch
 from accounts.apikeys import api_key_hash, api_key_new, api_key_prefix
@@ -52,6 +52,23 @@ class IssuedTokens:
     refresh_token: str
     expires_in: int = field(default_factory=lambda: settings.ACCESS_TOKEN_TTL_SECONDS)
     api_key: ApiKey | None = None  # the primary key, on signup only (raw key shown once)
+    authenticated_at: datetime | None = None  # when the session's password check happened
+
+
+class RefreshTokenRejected(InvalidRefreshToken):
+    """A refresh token that cannot be used: the same 401 invalid_refresh_token
+    on the native API; `reason` lets the GoTrue surface answer with its own
+    code (not_found, session_ended, session_expired, user_inactive, reused)."""
+
+    def __init__(self, *, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+class SamePassword(ApiError):
+    status = 422
+    code = "same_password"
+    detail = "New password should be different from the old password."
 
 
 # --- passwords -------------------------------------------------------------
@@ -71,7 +88,12 @@ def password_validate(*, password: str, user: User | None = None, field_name: st
     try:
         validate_password(password, user=user)
     except DjangoValidationError as exc:
-        raise ValidationError({field_name: list(exc.messages)}) from None
+        # The validators' codes (password_too_short, ...) are kept on the
+        # messages: the GoTrue surface turns them into weak_password reasons.
+        details = [
+            ErrorDetail(message, code=error.code or "invalid") for error in exc.error_list for message in error.messages
+        ]
+        raise ValidationError({field_name: details}) from None
 
 
 # --- sessions and tokens ---------------------------------------------------------
@@ -109,10 +131,17 @@ def _session_insert(*, session: Session, token_hash: str) -> None:
         )
 
 
-def _issue(*, user: User, session_id: uuid.UUID, refresh_token: str, now: datetime) -> IssuedTokens:
+def _issue(
+    *, user: User, session_id: uuid.UUID, refresh_token: str, now: datetime, authenticated_at: datetime
+) -> IssuedTokens:
     access, expires_at = access_token_encode(user_id=user.pk, session_id=session_id, now=now)
     return IssuedTokens(
-        user=user, session_id=session_id, access_token=access, expires_at=expires_at, refresh_token=refresh_token
+        user=user,
+        session_id=session_id,
+        access_token=access,
+        expires_at=expires_at,
+        refresh_token=refresh_token,
+        authenticated_at=authenticated_at,
     )
 
 
@@ -128,7 +157,7 @@ def session_start(*, user: User, ip: str | None, user_agent: str, now: datetime 
     )
     raw = refresh_token_new()
     _session_insert(session=session, token_hash=refresh_token_hash(raw))
-    return _issue(user=user, session_id=session.id, refresh_token=raw, now=now)
+    return _issue(user=user, session_id=session.id, refresh_token=raw, now=now, authenticated_at=now)
 
 
 def _rotate(*, token: RefreshToken, successor_hash: str, now: datetime) -> None:
@@ -170,16 +199,21 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
             .first()
         )
         if token is None:
-            raise InvalidRefreshToken()
+            raise RefreshTokenRejected(reason="not_found")
         session = token.session
-        if not session.is_active(now) or not session.user.is_active:
-            raise InvalidRefreshToken()
+        if session.revoked_at is not None:
+            ended_by_reuse = session.revoked_reason == "refresh_reuse"
+            raise RefreshTokenRejected(reason="reused" if ended_by_reuse else "session_ended")
+        if not session.is_active(now):
+            raise RefreshTokenRejected(reason="session_expired")
+        if not session.user.is_active:
+            raise RefreshTokenRejected(reason="user_inactive")
         successor = refresh_token_successor(refresh_token)
         if token.rotated_at is None:
             _rotate(token=token, successor_hash=refresh_token_hash(successor), now=now)
         elif now - token.rotated_at <= timedelta(seconds=settings.REFRESH_REUSE_GRACE_SECONDS):
             if not RefreshToken.objects.filter(parent=token, rotated_at__isnull=True).exists():
-                raise InvalidRefreshToken()
+                raise RefreshTokenRejected(reason="reused")
         else:
             Session.objects.filter(pk=session.pk, revoked_at__isnull=True).update(
                 revoked_at=now, revoked_reason="refresh_reuse"
@@ -190,7 +224,13 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
         # Raised after the commit: the revocation must stick.
         logger.warning("refresh token reuse: session %s revoked", session.pk)
         raise RefreshTokenReused(user_id=session.user_id)
-    return _issue(user=session.user, session_id=session.pk, refresh_token=successor, now=now)
+    return _issue(
+        user=session.user,
+        session_id=session.pk,
+        refresh_token=successor,
+        now=now,
+        authenticated_at=session.created_at,
+    )
 
 
 def _sessions_revoke(*, sessions: QuerySet[Session], reason: str, now: datetime) -> int:
@@ -242,12 +282,16 @@ def user_signup(
     referral_code: str | None = None,
     ip: str | None = None,
     user_agent: str = "",
+    display_name: str = "",
+    user_metadata: dict | None = None,
 ) -> IssuedTokens:
     """Create the user, mirror, referral code, session and primary API key in one
     transaction; record the referral intent and the welcome email there too, so
     a broker outage delays that work but cannot lose it."""
     email = normalize_email(email)
-    candidate = User(email=email, username=username or None)
+    candidate = User(
+        email=email, username=username or None, display_name=display_name, user_metadata=user_metadata or {}
+    )
     password_validate(password=password, user=candidate)
     # Hash before the transaction opens: no row locks or open transaction
     # are held for the ~20 ms of argon2.
@@ -255,6 +299,9 @@ def user_signup(
     now = timezone.now()
     candidate.date_joined = now
     candidate.last_login = now
+    # No confirmation mail is sent: the address counts as confirmed at signup
+    # (GoTrue's mailer_autoconfirm), which the GoTrue surface reports.
+    candidate.email_confirmed_at = now
     try:
         with db_budget():
             candidate.save(force_insert=True)
@@ -315,11 +362,32 @@ class _Unset:
 UNSET = _Unset()
 
 
+def metadata_merge(current: dict, changes: dict) -> dict:
+    """GoTrue's rule for `data`: top-level keys are set, a null value deletes its key."""
+    merged = dict(current or {})
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
+
+
 def user_update_profile(
-    *, user_id: uuid.UUID, display_name: str | _Unset = UNSET, username: str | _Unset | None = UNSET
+    *,
+    user_id: uuid.UUID,
+    display_name: str | _Unset = UNSET,
+    username: str | _Unset | None = UNSET,
+    user_metadata: dict | _Unset = UNSET,
 ) -> User:
+    """`user_metadata` is merged into the stored one (metadata_merge)."""
     user = User.objects.select_related("profile", "referral_code").get(pk=user_id)
     changed = []
+    if not isinstance(user_metadata, _Unset):
+        merged = metadata_merge(user.user_metadata, user_metadata)
+        if merged != user.user_metadata:
+            user.user_metadata = merged
+            changed.append("user_metadata")
     if not isinstance(display_name, _Unset) and display_name != user.display_name:
         user.display_name = display_name
         changed.append("display_name")
@@ -338,12 +406,20 @@ def user_update_profile(
 
 
 def user_change_password(
-    *, user_id: uuid.UUID, session_id: uuid.UUID, current_password: str, new_password: str
+    *, user_id: uuid.UUID, session_id: uuid.UUID, current_password: str | None, new_password: str
 ) -> None:
+    """Set a new password and end every other session of the user.
+
+    current_password=None: the caller's session is the proof (GoTrue's
+    PUT /user); the new password must then differ from the current one.
+    """
     user = User.objects.get(pk=user_id)
-    if not user.check_password(current_password):
+    if current_password is not None and not user.check_password(current_password):
         raise ValidationError({"current_password": ["Current password is incorrect."]})
     password_validate(password=new_password, user=user, field_name="new_password")
+    # Plain check_password: no hash upgrade written for a password being replaced.
+    if current_password is None and user.has_usable_password() and check_password(new_password, user.password):
+        raise SamePassword()
     encoded = make_password(new_password)  # hashed outside the transaction
     with db_budget():
         user.password = encoded

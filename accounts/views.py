@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
@@ -14,6 +15,7 @@ from accounts import selectors, services, throttles
 from accounts.authentication import HasSession
 from accounts.serializers import (
     ApiKeyCreateInput,
+    ApiKeyListOutput,
     ApiKeyOutput,
     LoginInput,
     LogoutInput,
@@ -21,6 +23,8 @@ from accounts.serializers import (
     ProfileInput,
     RefreshInput,
     SignupInput,
+    SignupOutput,
+    TokenOutput,
     UserOutput,
     referral_code_clean,
     token_body,
@@ -29,6 +33,7 @@ from monitoring import audit
 from monitoring.models import AuditEvent
 from velro.errors import InvalidCredentials, RefreshTokenReused
 from velro.net import client_ip, user_agent
+from velro.openapi import errors
 
 
 class PublicView(APIView):
@@ -37,6 +42,11 @@ class PublicView(APIView):
 
 
 class SignupView(PublicView):
+    @extend_schema(
+        request=SignupInput,
+        responses={201: SignupOutput, **errors(400, 409, 415, 429, 503)},
+        summary="Create an account; returns tokens and the primary API key",
+    )
     def post(self, request: Request) -> Response:
         throttles.signup_guard(ip=client_ip(request))
         data = SignupInput(data=request.data)
@@ -56,6 +66,11 @@ class SignupView(PublicView):
 
 
 class LoginView(PublicView):
+    @extend_schema(
+        request=LoginInput,
+        responses={200: TokenOutput, **errors(400, 401, 415, 429, 503)},
+        summary="Log in with email or username and password",
+    )
     def post(self, request: Request) -> Response:
         data = LoginInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -79,6 +94,11 @@ class LoginView(PublicView):
 
 
 class RefreshView(PublicView):
+    @extend_schema(
+        request=RefreshInput,
+        responses={200: TokenOutput, **errors(400, 401, 415, 429, 503)},
+        summary="Rotate a refresh token",
+    )
     def post(self, request: Request) -> Response:
         throttles.refresh_guard(ip=client_ip(request))
         data = RefreshInput(data=request.data)
@@ -95,6 +115,11 @@ class RefreshView(PublicView):
 class LogoutView(APIView):
     permission_classes = [IsAuthenticated, HasSession]
 
+    @extend_schema(
+        request=LogoutInput,
+        responses={204: None, **errors(400, 401, 403, 415, 503)},
+        summary="End this session, all sessions, or all others",
+    )
     def post(self, request: Request) -> Response:
         data = LogoutInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -105,9 +130,15 @@ class LogoutView(APIView):
 
 
 class MeView(APIView):
+    @extend_schema(responses={200: UserOutput, **errors(401, 503)}, summary="The caller")
     def get(self, request: Request) -> Response:
         return Response(UserOutput(request.user).data)
 
+    @extend_schema(
+        request=ProfileInput,
+        responses={200: UserOutput, **errors(400, 401, 409, 415, 503)},
+        summary="Change display name and/or username",
+    )
     def patch(self, request: Request) -> Response:
         data = ProfileInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -118,6 +149,11 @@ class MeView(APIView):
 class PasswordChangeView(APIView):
     permission_classes = [IsAuthenticated, HasSession]
 
+    @extend_schema(
+        request=PasswordChangeInput,
+        responses={204: None, **errors(400, 401, 403, 415, 429, 503)},
+        summary="Change the password; ends every other session",
+    )
     def post(self, request: Request) -> Response:
         throttles.password_change_guard(user_id=request.user.pk)
         data = PasswordChangeInput(data=request.data)
@@ -135,10 +171,16 @@ class PasswordChangeView(APIView):
 class ApiKeyListView(APIView):
     permission_classes = [IsAuthenticated, HasSession]
 
+    @extend_schema(responses={200: ApiKeyListOutput, **errors(401, 403, 503)}, summary="The caller's API keys")
     def get(self, request: Request) -> Response:
         keys = selectors.user_api_keys(user_id=request.user.pk)
         return Response({"results": ApiKeyOutput(keys, many=True).data})
 
+    @extend_schema(
+        request=ApiKeyCreateInput,
+        responses={201: ApiKeyOutput, **errors(400, 401, 403, 415, 429, 503)},
+        summary="Create an API key (the full key is shown once)",
+    )
     def post(self, request: Request) -> Response:
         throttles.api_key_create_guard(user_id=request.user.pk)
         data = ApiKeyCreateInput(data=request.data)
@@ -151,6 +193,7 @@ class ApiKeyListView(APIView):
 class ApiKeyDetailView(APIView):
     permission_classes = [IsAuthenticated, HasSession]
 
+    @extend_schema(responses={204: None, **errors(401, 403, 404, 503)}, summary="Revoke an API key")
     def delete(self, request: Request, key_id: uuid.UUID) -> Response:
         services.api_key_revoke(user_id=request.user.pk, key_id=key_id)
         audit.record(AuditEvent.Kind.API_KEY_REVOKED, request, user_id=request.user.pk, key=key_id)

@@ -18,6 +18,7 @@ from velro.cache import safe_cache
 from velro.db import db_budget
 
 _lock = threading.Lock()
+_running = threading.Lock()
 _cached: tuple[float, dict[str, Any]] | None = None
 
 
@@ -59,24 +60,31 @@ def check_broker() -> str:
 
 
 def readiness(*, force: bool = False) -> dict[str, Any]:
+    """The dependency checks, run by one thread at a time and cached briefly."""
     global _cached
-    now = time.monotonic()
     with _lock:
-        if not force and _cached is not None and now - _cached[0] < settings.READINESS_CACHE_SECONDS:
+        if not force and _cached is not None and time.monotonic() - _cached[0] < settings.READINESS_CACHE_SECONDS:
             return _cached[1]
-    result = {
-        "database": _timed(check_database),
-        "cache": _timed(check_cache),
-        "broker": _timed(check_broker),
-    }
-    result["status"] = "ok" if result["database"]["status"] == "ok" else "down"
-    if result["status"] == "ok" and any(result[name]["status"] != "ok" for name in ("cache", "broker")):
-        result["status"] = "degraded"
-    result["pool"] = pool_stats()
-    result["checked_at"] = datetime.now(UTC).isoformat()
-    with _lock:
-        _cached = (now, result)
-    return result
+    if not _running.acquire(blocking=_cached is None):
+        return _cached[1]  # another thread is checking right now: the last answer will do
+    try:
+        result = {
+            "database": _timed(check_database),
+            "cache": _timed(check_cache),
+            "broker": _timed(check_broker),
+        }
+        result["status"] = "ok" if result["database"]["status"] == "ok" else "down"
+        if result["status"] == "ok" and any(result[name]["status"] != "ok" for name in ("cache", "broker")):
+            result["status"] = "degraded"
+        result["pool"] = pool_stats()
+        result["checked_at"] = datetime.now(UTC).isoformat()
+        with _lock:
+            # Stamped when the checks end: a slow check (database down) must
+            # not use up the cache window it is meant to fill.
+            _cached = (time.monotonic(), result)
+        return result
+    finally:
+        _running.release()
 
 
 def readiness_reset() -> None:

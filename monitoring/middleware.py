@@ -63,7 +63,7 @@ class RequestContextMiddleware:
         route = _route(request)
         status = response.status_code
         metrics.observe_request(route=route, method=request.method or "", status=status, ms=total)
-        if route in LOGIN_ROUTES and request.method == "POST":
+        if request.method == "POST" and _is_login(route, request):
             metrics.login_outcome(_login_outcome(status))
         if slo.tracked(route):
             slo.record(route, total, ok=status < 500)
@@ -78,7 +78,11 @@ class RequestContextMiddleware:
         return response
 
 
-LOGIN_ROUTES = {"/api/v1/auth/login", "/auth/v1/token"}
+def _is_login(route: str, request: HttpRequest) -> bool:
+    """A password login: the native route, or GoTrue's token grant_type=password."""
+    if route == "/api/v1/auth/login":
+        return True
+    return route == "/auth/v1/token" and request.GET.get("grant_type") == "password"
 
 
 def _login_outcome(status: int) -> str:

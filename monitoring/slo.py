@@ -26,7 +26,7 @@ from velro.background import PeriodicFlusher
 logger = logging.getLogger("velro.slo")
 
 EDGES_MS = (5, 10, 25, 50, 75, 100, 150, 250, 500, 750, 1000, 2500, 5000, 10000)
-AUTH_PREFIX = "/api/v1/auth/"
+AUTH_PREFIXES = ("/api/v1/auth/", "/auth/v1/")
 KEY_PREFIX = "velro:slo"
 
 _lock = threading.Lock()
@@ -41,7 +41,7 @@ def _bucket(ms: float) -> str:
 
 
 def tracked(route: str) -> bool:
-    return route.startswith(AUTH_PREFIX) and not route.endswith(("/ping", "/middleware-status"))
+    return route.startswith(AUTH_PREFIXES) and not route.endswith(("/ping", "/middleware-status", "/health"))
 
 
 def record(route: str, ms: float, ok: bool, *, now: float | None = None) -> None:
@@ -118,9 +118,11 @@ def percentile(counts: dict[str, int], q: float) -> float:
 
 
 def _level(stats: dict[str, float]) -> str:
-    if stats["p95_ms"] >= settings.SLO_P95_CRITICAL_MS:
+    # p95_ms is the upper edge of its bucket: "> threshold" means the real p95
+    # is above it (a threshold on an edge must not fire for samples below it).
+    if stats["p95_ms"] > settings.SLO_P95_CRITICAL_MS:
         return "critical"
-    if stats["p95_ms"] >= settings.SLO_P95_WARNING_MS or stats["success_rate"] < settings.SLO_SUCCESS_RATE_MIN:
+    if stats["p95_ms"] > settings.SLO_P95_WARNING_MS or stats["success_rate"] < settings.SLO_SUCCESS_RATE_MIN:
         return "warning"
     return "ok"
 

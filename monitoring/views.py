@@ -15,6 +15,12 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.crypto import constant_time_compare
 from django.views.decorators.http import require_GET
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
 
 from monitoring import checks, context, metrics, slo
 from monitoring.middleware import is_fast_lane
@@ -29,14 +35,36 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
-def ping(request: HttpRequest) -> JsonResponse:
-    """Readiness: 200 while the database answers, 503 when it does not."""
-    result = checks.readiness()
-    response = JsonResponse(result, status=200 if result["database"]["status"] == "ok" else 503)
-    if response.status_code == 503:
-        response["Retry-After"] = "2"
-    return response
+class _DependencyOutput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "down", "degraded"])
+    latency_ms = serializers.FloatField()
+    error = serializers.CharField(required=False)
+
+
+class ReadinessOutput(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["ok", "down", "degraded"])
+    database = _DependencyOutput()
+    cache = _DependencyOutput()
+    broker = _DependencyOutput()
+    pool = serializers.DictField()
+    checked_at = serializers.DateTimeField()
+
+
+class ProbeView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+class PingView(ProbeView):
+    @extend_schema(
+        responses={200: ReadinessOutput, 503: ReadinessOutput},
+        summary="Readiness: 200 while the database answers, 503 (+ Retry-After) when it does not",
+    )
+    def get(self, request: Request) -> Response:
+        result = checks.readiness()
+        if result["database"]["status"] == "ok":
+            return Response(result)
+        return Response(result, status=503, headers={"Retry-After": "2"})
 
 
 @cache
@@ -71,21 +99,29 @@ def version(request: HttpRequest) -> JsonResponse:
     )
 
 
-@require_GET
-def middleware_status(request: HttpRequest) -> JsonResponse:
-    """Which middleware ran for this very request, and which stepped aside."""
-    record = context.current()
-    skipped = record.middleware_skipped if record else []
-    names = [path.rsplit(".", 1)[1] for path in settings.MIDDLEWARE]
-    ran = [name for name in names if name.removeprefix("FastLane") not in skipped]
-    return JsonResponse(
-        {
-            "path": request.path,
-            "fast_lane": is_fast_lane(request.path_info),
-            "ran": ran,
-            "skipped": [f"FastLane{name}" for name in skipped],
-        }
-    )
+class MiddlewareStatusOutput(serializers.Serializer):
+    path = serializers.CharField()
+    fast_lane = serializers.BooleanField()
+    ran = serializers.ListField(child=serializers.CharField())
+    skipped = serializers.ListField(child=serializers.CharField())
+
+
+class MiddlewareStatusView(ProbeView):
+    @extend_schema(responses={200: MiddlewareStatusOutput}, summary="Which middleware ran for this request")
+    def get(self, request: Request) -> Response:
+        """Which middleware ran for this very request, and which stepped aside."""
+        record = context.current()
+        skipped = record.middleware_skipped if record else []
+        names = [path.rsplit(".", 1)[1] for path in settings.MIDDLEWARE]
+        ran = [name for name in names if name.removeprefix("FastLane") not in skipped]
+        return Response(
+            {
+                "path": request.path,
+                "fast_lane": is_fast_lane(request.path_info),
+                "ran": ran,
+                "skipped": [f"FastLane{name}" for name in skipped],
+            }
+        )
 
 
 def _metrics_allowed(request: HttpRequest) -> bool:

@@ -13,3 +13,18 @@ class ReferredUserOutput(serializers.Serializer):
 
     class Meta:
         model = Referral
+
+
+class ReferralCountsOutput(serializers.Serializer):
+    pending = serializers.IntegerField()
+    credited = serializers.IntegerField()
+    rejected = serializers.IntegerField()
+
+
+class MyReferralsOutput(serializers.Serializer):
+    code = serializers.CharField(allow_null=True)
+    counts = ReferralCountsOutput()
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = ReferredUserOutput(many=True)

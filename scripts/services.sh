@@ -9,6 +9,8 @@
 #                            (installs it with apt-get on a bare Debian box, starts it otherwise)
 #   ensure_redis             Redis on 127.0.0.1:6379 (installs redis-server if missing, starts it)
 #   ensure_venv REQFILE...   .venv with the requirement files installed (stamped: re-runs are fast)
+#   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
+#                            (installs it with apt-get if missing; fails soft: warns, returns 0)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
 #   redis_reachable          0 if Redis answers PING on 127.0.0.1:6379 (never installs)
 #   create_db NAME           create database NAME as role root unless it exists
@@ -262,6 +264,25 @@ ensure_redis() {
 		return 1
 	fi
 	_setup_log "Redis ready on $VELRO_REDIS_HOST:$VELRO_REDIS_PORT"
+}
+
+# --- Chromium (admin browser test) ---------------------------------------------------
+
+# Playwright drives Debian's chromium through executable_path (no `playwright
+# install`). Fails soft: without a browser only that test skips, saying why.
+ensure_chromium() {
+	local binary=${VELRO_CHROMIUM:-/usr/bin/chromium}
+	if [[ -x "$binary" ]]; then
+		_setup_log "Chromium ready ($binary)"
+		return 0
+	fi
+	_setup_log "Chromium not installed: installing Debian's chromium (for the admin browser test)"
+	if _apt_install chromium fonts-liberation && [[ -x "$binary" ]]; then
+		_setup_log "Chromium ready ($binary)"
+	else
+		_setup_log "WARNING: could not install chromium ($binary missing): the admin browser test will be skipped"
+	fi
+	return 0
 }
 
 # --- Python venv -----------------------------------------------------------------

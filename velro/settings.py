@@ -116,6 +116,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI assets served from the package: no CDN
     "accounts",
     "referrals",
     "monitoring",
@@ -290,6 +292,25 @@ ACCESS_TOKEN_TTL_SECONDS = _int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30)
 REFRESH_TOKEN_TTL_SECONDS = _int("REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=60)
 REFRESH_REUSE_GRACE_SECONDS = _int("REFRESH_REUSE_GRACE_SECONDS", 10)
 
+# Supabase Auth (GoTrue) compatibility surface under /auth/v1/ (accounts/gotrue/).
+# Its access tokens are signed HS256 with SUPABASE_JWT_SECRET, the project's
+# existing JWT secret, so services that validate Supabase tokens keep working;
+# unset: a key derived from SECRET_KEY (tokens then verify only here).
+SUPABASE_JWT_SECRET = _str("SUPABASE_JWT_SECRET", "")
+if SUPABASE_JWT_SECRET and len(SUPABASE_JWT_SECRET.encode()) < 32:
+    raise ImproperlyConfigured("SUPABASE_JWT_SECRET must be at least 32 bytes (HS256 needs a 256-bit key)")
+# When set, every /auth/v1/ request (but health) must carry it as `apikey`.
+SUPABASE_ANON_KEY = _str("SUPABASE_ANON_KEY", "")
+GOTRUE_JWT_AUDIENCE = _str("GOTRUE_JWT_AUDIENCE", "authenticated")
+GOTRUE_ISSUER = _str("GOTRUE_ISSUER", "http://localhost:8000/auth/v1")
+# GoTrue's PUT /user changes the password on the session's word alone (its
+# default); true = a `current_password` is required too (GoTrue's
+# UPDATE_PASSWORD_REQUIRE_CURRENT_PASSWORD).
+GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = _bool("GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD", False)
+# Browser origins allowed to call /auth/v1/ (CORS), "*" = any, as Supabase's
+# gateway answers. Bearer tokens only, no cookies: no ambient credentials to abuse.
+GOTRUE_CORS_ALLOWED_ORIGINS = _list("GOTRUE_CORS_ALLOWED_ORIGINS", "*")
+
 # Rate limits (ASVS 6.3.1), "<count>/<seconds>". Near GoTrue's defaults.
 RATELIMIT_ENABLE = _bool("RATELIMIT_ENABLE", True)
 RATELIMIT_LOGIN_IP = _rate("RATELIMIT_LOGIN_IP", "150/300")
@@ -397,7 +418,20 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "velro.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Velro auth API",
+    "DESCRIPTION": "Sign-up, login, token refresh, logout, API keys and referrals; and a GoTrue-compatible "
+    'surface under /auth/v1/. Errors: {"error", "detail"} (+ "fields").',
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- I18N, static ----------------------------------------------------------------
@@ -409,6 +443,9 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Also serve straight from the apps' static folders (admin, Swagger UI from
+# drf-spectacular-sidecar): works before collectstatic has run (tests, dev).
+WHITENOISE_USE_FINDERS = True
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},

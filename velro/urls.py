@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from monitoring import views as monitoring
 
@@ -14,8 +15,11 @@ urlpatterns = [
     path("health", monitoring.health, name="health"),
     path("__version", monitoring.version, name="version"),
     path("metrics", monitoring.metrics_view, name="metrics"),
-    path("api/v1/auth/ping", monitoring.ping, name="auth-ping"),
-    path("api/v1/auth/middleware-status", monitoring.middleware_status, name="middleware-status"),
+    path("api/v1/auth/ping", monitoring.PingView.as_view(), name="auth-ping"),
+    path("api/v1/auth/middleware-status", monitoring.MiddlewareStatusView.as_view(), name="middleware-status"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/v1/auth/", include("accounts.urls")),
     path("api/v1/referrals/", include("referrals.urls")),
+    path("auth/v1/", include("accounts.gotrue.urls")),  # Supabase Auth (GoTrue) compatible
 ]

@@ -282,7 +282,7 @@ def test_the_cache_never_holds_password_hashes_or_raw_secrets(account):
     items = redis_items()
     # Not vacuous: the user, its sessions and both keys are cached.
     names = b"\n".join(items)
-    assert f"user:v1:{account['user_id']}".encode() in names
+    assert f"user:v2:{account['user_id']}".encode() in names
     assert len([key for key in items if b":session:v1:" in key]) == 2  # signup + login (refresh keeps its session)
     assert len([key for key in items if b":apikey:v1:" in key]) == 2
     for key, value in items.items():
@@ -299,9 +299,9 @@ def test_cache_keys_are_namespaced_and_versioned(account, settings):
     safe_cache.get("anything")
 
     keys = [key.decode() for key in redis_items()]
-    versioned = re.compile(r"^velro:\d+:(user|session|apikey):v1:[0-9a-f-]+$")
+    versioned = re.compile(r"^velro:\d+:(user|session|apikey):v\d+:[0-9a-f-]+$")
     other = re.compile(rf"^velro:\d+:({GENERATION_KEY}|rl:[a-z-]+:[0-9a-f]{{32}}:\d+)$")
-    assert any(key.endswith(f":user:v1:{account['user_id']}") for key in keys)
+    assert any(key.endswith(f":user:v2:{account['user_id']}") for key in keys)
     assert any(":rl:login-ip:" in key for key in keys)
     assert any(key.endswith(f":{GENERATION_KEY}") for key in keys)
     for key in keys:

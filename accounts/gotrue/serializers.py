@@ -1,0 +1,223 @@
+"""GoTrue's request and response shapes.
+
+Inputs ignore fields they do not know (GoTrue does, and its clients send
+extras such as `gotrue_meta_security` and `code_challenge`); outputs follow
+GoTrue's user and session objects.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_serializer
+from rest_framework import serializers
+
+from accounts.gotrue.tokens import ROLE, app_metadata, gotrue_access_token_encode, user_email
+from accounts.models import User
+from accounts.serializers import StrictCharField
+from accounts.services import IssuedTokens
+
+EMAIL_PROVIDER = "email"
+METADATA_MAX_KEYS = 100
+
+
+class MetadataField(serializers.JSONField):
+    """`data`: a JSON object (GoTrue's user_metadata), or null for none."""
+
+    def to_internal_value(self, data: Any) -> dict | None:
+        value = super().to_internal_value(data)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be a JSON object")
+        if len(value) > METADATA_MAX_KEYS:
+            raise serializers.ValidationError(f"at most {METADATA_MAX_KEYS} keys")
+        return value
+
+
+def _password() -> StrictCharField:
+    # Taken as typed; the length and strength rules are the services' (weak_password).
+    return StrictCharField(trim_whitespace=False, allow_blank=True, required=False, max_length=1024)
+
+
+@extend_schema_serializer(component_name="GoTrueSignupInput")
+class SignupInput(serializers.Serializer):
+    email = StrictCharField(required=False, allow_blank=True, max_length=1024)
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True)
+    password = _password()
+    data = MetadataField(required=False, allow_null=True)
+
+
+@extend_schema_serializer(component_name="GoTruePasswordGrantInput")
+class PasswordGrantInput(serializers.Serializer):
+    email = StrictCharField(required=False, allow_blank=True, max_length=1024)
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True)
+    password = _password()
+
+
+@extend_schema_serializer(component_name="GoTrueRefreshGrantInput")
+class RefreshGrantInput(serializers.Serializer):
+    refresh_token = StrictCharField(required=False, allow_blank=True, max_length=512)
+
+
+@extend_schema_serializer(component_name="GoTrueUserUpdateInput")
+class UserUpdateInput(serializers.Serializer):
+    email = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=1024)
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True)
+    password = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False)
+    current_password = StrictCharField(required=False, allow_null=True, trim_whitespace=False, max_length=1024)
+    nonce = StrictCharField(required=False, allow_blank=True, allow_null=True)
+    data = MetadataField(required=False, allow_null=True)
+    app_metadata = serializers.JSONField(required=False, allow_null=True)
+
+
+def display_name_from(metadata: dict | None) -> str:
+    """A display name from Supabase's usual metadata keys (full_name, name)."""
+    for key in ("full_name", "name", "display_name"):
+        value = (metadata or {}).get(key)
+        if isinstance(value, str) and value.strip():
+            cleaned = "".join(char for char in value.strip() if char.isprintable())
+            return cleaned[:100]
+    return ""
+
+
+# --- outputs ---------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _identities(user: User) -> list[dict[str, Any]]:
+    email = user_email(user)
+    if not email:
+        return []  # anonymous or phone-only: no email identity
+    user_id = str(user.pk)
+    return [
+        {
+            # GoTrue's email identity: provider id = user id; our identity id is
+            # derived (stable) since identities are not stored separately.
+            "identity_id": str(uuid.uuid5(user.pk, EMAIL_PROVIDER)),
+            "id": user_id,
+            "user_id": user_id,
+            "identity_data": {
+                "email": email,
+                "email_verified": user.email_confirmed_at is not None,
+                "phone_verified": False,
+                "sub": user_id,
+            },
+            "provider": EMAIL_PROVIDER,
+            "last_sign_in_at": _iso(user.last_login),
+            "created_at": _iso(user.date_joined),
+            "updated_at": _iso(user.updated_at or user.date_joined),
+            "email": email,
+        }
+    ]
+
+
+def user_body(user: User) -> dict[str, Any]:
+    """GoTrue's user object."""
+    return {
+        "id": str(user.pk),
+        "aud": settings.GOTRUE_JWT_AUDIENCE,
+        "role": ROLE,
+        "email": user_email(user),
+        "email_confirmed_at": _iso(user.email_confirmed_at),
+        "phone": user.phone or "",
+        "confirmed_at": _iso(user.email_confirmed_at),
+        "last_sign_in_at": _iso(user.last_login),
+        "app_metadata": app_metadata(user),
+        "user_metadata": user.user_metadata or {},
+        "identities": _identities(user),
+        "created_at": _iso(user.date_joined),
+        "updated_at": _iso(user.updated_at or user.date_joined),
+        "is_anonymous": bool(user.is_anonymous_user),
+    }
+
+
+def session_body(tokens: IssuedTokens) -> dict[str, Any]:
+    """GoTrue's session (token response): the native session and refresh token,
+    with a GoTrue-shaped access token for the same session and expiry."""
+    issued_at = tokens.expires_at - tokens.expires_in
+    access_token = gotrue_access_token_encode(
+        user=tokens.user,
+        session_id=tokens.session_id,
+        issued_at=issued_at,
+        expires_at=tokens.expires_at,
+        authenticated_at=tokens.authenticated_at,
+    )
+    return {
+        "access_token": access_token,
+        "token_type": "bearer",
+        "expires_in": tokens.expires_in,
+        "expires_at": tokens.expires_at,
+        "refresh_token": tokens.refresh_token,
+        "user": user_body(tokens.user),
+    }
+
+
+# --- documentation of the outputs (the published OpenAPI contract) ---------------------
+
+
+class GoTrueUserOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    aud = serializers.CharField()
+    role = serializers.CharField()
+    email = serializers.CharField(allow_blank=True)
+    email_confirmed_at = serializers.DateTimeField(allow_null=True)
+    phone = serializers.CharField(allow_blank=True)
+    confirmed_at = serializers.DateTimeField(allow_null=True)
+    last_sign_in_at = serializers.DateTimeField(allow_null=True)
+    app_metadata = serializers.DictField()
+    user_metadata = serializers.DictField()
+    identities = serializers.ListField(child=serializers.DictField())
+    created_at = serializers.DateTimeField()
+    updated_at = serializers.DateTimeField()
+    is_anonymous = serializers.BooleanField()
+
+
+class GoTrueSessionOutput(serializers.Serializer):
+    access_token = serializers.CharField()
+    token_type = serializers.ChoiceField(choices=["bearer"])
+    expires_in = serializers.IntegerField()
+    expires_at = serializers.IntegerField()
+    refresh_token = serializers.CharField()
+    user = GoTrueUserOutput()
+
+
+class GoTrueTokenInput(serializers.Serializer):
+    """grant_type=password: email + password; grant_type=refresh_token: refresh_token."""
+
+    email = serializers.CharField(required=False)
+    phone = serializers.CharField(required=False)
+    password = serializers.CharField(required=False)
+    refresh_token = serializers.CharField(required=False)
+
+
+class GoTrueErrorOutput(serializers.Serializer):
+    """Without X-Supabase-Api-Version: {code: <status>, error_code, msg};
+    with 2024-01-01: {code: <error_code>, message}."""
+
+    code = serializers.JSONField(help_text="HTTP status (integer) or, with the API version header, the error code")
+    error_code = serializers.CharField(required=False)
+    msg = serializers.CharField(required=False)
+    message = serializers.CharField(required=False)
+    weak_password = serializers.DictField(required=False)
+
+
+class GoTrueSettingsOutput(serializers.Serializer):
+    external = serializers.DictField(child=serializers.BooleanField())
+    disable_signup = serializers.BooleanField()
+    mailer_autoconfirm = serializers.BooleanField()
+    phone_autoconfirm = serializers.BooleanField()
+    sms_provider = serializers.CharField(allow_blank=True)
+    saml_enabled = serializers.BooleanField()
+
+
+class GoTrueHealthOutput(serializers.Serializer):
+    version = serializers.CharField()
+    name = serializers.CharField()
+    description = serializers.CharField()

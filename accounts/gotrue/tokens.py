@@ -1,0 +1,92 @@
+"""GoTrue-shaped access tokens: HS256 JWTs with Supabase's claims.
+
+Signed with SUPABASE_JWT_SECRET (the Supabase project's JWT secret) so
+services that validate Supabase tokens accept them unchanged; without it,
+with a key derived from SECRET_KEY for this purpose only. They carry the
+session id (`session_id`), and are accepted on this surface only while that
+session is active, like the native tokens.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import jwt
+from django.conf import settings
+
+from accounts.models import NO_EMAIL_DOMAIN, User
+from accounts.tokens import ALGORITHM, derived_key
+
+ROLE = "authenticated"
+REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "session_id"]
+
+
+class InvalidGoTrueToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class GoTrueClaims:
+    user_id: uuid.UUID
+    session_id: uuid.UUID
+
+
+def gotrue_jwt_key() -> bytes:
+    if settings.SUPABASE_JWT_SECRET:
+        return settings.SUPABASE_JWT_SECRET.encode()
+    return derived_key("gotrue-jwt")
+
+
+def app_metadata(user: User) -> dict:
+    """GoTrue's app_metadata: provider/providers first, then what was imported."""
+    return {"provider": "email", "providers": ["email"], **(user.app_metadata or {})}
+
+
+def user_email(user: User) -> str:
+    """The address GoTrue would show: "" for an imported user that had none."""
+    return "" if user.email.endswith(f"@{NO_EMAIL_DOMAIN}") else user.email
+
+
+def gotrue_access_token_encode(
+    *, user: User, session_id: uuid.UUID, issued_at: int, expires_at: int, authenticated_at: datetime | None
+) -> str:
+    claims = {
+        "iss": settings.GOTRUE_ISSUER,
+        "aud": settings.GOTRUE_JWT_AUDIENCE,
+        "sub": str(user.pk),
+        "exp": expires_at,
+        "iat": issued_at,
+        "email": user_email(user),
+        "phone": user.phone or "",
+        "app_metadata": app_metadata(user),
+        "user_metadata": user.user_metadata or {},
+        "role": ROLE,
+        "aal": "aal1",
+        "amr": [
+            {
+                "method": "password",
+                "timestamp": int(authenticated_at.timestamp()) if authenticated_at else issued_at,
+            }
+        ],
+        "session_id": str(session_id),
+        "is_anonymous": bool(user.is_anonymous_user),
+    }
+    return jwt.encode(claims, gotrue_jwt_key(), algorithm=ALGORITHM)
+
+
+def gotrue_access_token_decode(token: str) -> GoTrueClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            gotrue_jwt_key(),
+            algorithms=[ALGORITHM],  # allowlist: never "none", never a key-confusion alg
+            audience=settings.GOTRUE_JWT_AUDIENCE,
+            issuer=settings.GOTRUE_ISSUER,
+            leeway=settings.JWT_LEEWAY_SECONDS,
+            options={"require": REQUIRED_CLAIMS},
+        )
+        return GoTrueClaims(user_id=uuid.UUID(str(claims["sub"])), session_id=uuid.UUID(str(claims["session_id"])))
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidGoTrueToken(str(exc)) from None

@@ -1,0 +1,16 @@
+from django.urls import path, re_path
+
+from accounts.gotrue import views
+from accounts.gotrue.errors import gotrue_not_found
+
+urlpatterns = [
+    path("signup", views.SignupView.as_view(), name="gotrue-signup"),
+    path("token", views.TokenView.as_view(), name="gotrue-token"),
+    path("user", views.UserView.as_view(), name="gotrue-user"),
+    path("logout", views.LogoutView.as_view(), name="gotrue-logout"),
+    path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
+    path("health", views.HealthView.as_view(), name="gotrue-health"),
+    # Everything else GoTrue serves (otp, verify, recover, authorize, factors,
+    # admin/...) is not implemented: a 404 in GoTrue's error shape.
+    re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
+]

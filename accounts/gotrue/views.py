@@ -1,0 +1,377 @@
+"""GoTrue-compatible views: input -> the native services -> GoTrue's shapes.
+
+The same services, rate limits, sessions, caches, database budgets and audit
+events as accounts.views; only the shapes and error bodies are GoTrue's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.validators import validate_email
+from django.utils.cache import patch_vary_headers
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny, IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import selectors, services, throttles
+from accounts.gotrue.authentication import GoTrueTokenAuthentication, apikey_check
+from accounts.gotrue.errors import (
+    API_VERSION_HEADER,
+    GoTrueError,
+    api_version,
+    gotrue_exception_handler,
+    validation_failed,
+    weak_password,
+    weak_password_from,
+)
+from accounts.gotrue.serializers import (
+    GoTrueErrorOutput,
+    GoTrueHealthOutput,
+    GoTrueSessionOutput,
+    GoTrueSettingsOutput,
+    GoTrueTokenInput,
+    GoTrueUserOutput,
+    PasswordGrantInput,
+    RefreshGrantInput,
+    SignupInput,
+    UserUpdateInput,
+    display_name_from,
+    session_body,
+    user_body,
+)
+from accounts.serializers import referral_code_clean
+from monitoring import audit
+from monitoring.models import AuditEvent
+from velro.errors import InvalidCredentials, RefreshTokenReused
+from velro.net import client_ip, user_agent
+
+LOGOUT_SCOPES = ("global", "local", "others")
+SURFACE = "gotrue"
+
+
+class GoTrueView(APIView):
+    """Base: GoTrue's error bodies (for this class only), the apikey check, the
+    version header echoed, GoTrue bearer tokens."""
+
+    authentication_classes = [GoTrueTokenAuthentication]
+    permission_classes = [IsAuthenticated]
+    check_apikey = True
+
+    def get_exception_handler(self) -> Callable[[Exception, dict], Response | None]:
+        return gotrue_exception_handler
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        if self.check_apikey and request.method != "OPTIONS":
+            apikey_check(request)
+        super().initial(request, *args, **kwargs)
+
+    def check_permissions(self, request: Request) -> None:
+        if request.method != "OPTIONS":  # a CORS preflight carries no credentials
+            super().check_permissions(request)
+
+    def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def finalize_response(self, request: Request, response: Response, *args: Any, **kwargs: Any) -> Response:
+        version = api_version(request)
+        if version is not None:
+            response[API_VERSION_HEADER] = version
+        cors_headers(request, response)
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+CORS_ALLOW_HEADERS = "authorization, apikey, content-type, x-client-info, x-supabase-api-version, x-request-id"
+# Readable by browser code: the official clients pick the error parser by
+# X-Supabase-Api-Version, and back off on Retry-After.
+CORS_EXPOSE_HEADERS = "X-Supabase-Api-Version, Retry-After, X-Request-ID"
+
+
+def cors_headers(request: Request, response: Response) -> None:
+    """CORS for browser clients (supabase-js), like Supabase's gateway."""
+    origin = request.META.get("HTTP_ORIGIN")
+    allowed = settings.GOTRUE_CORS_ALLOWED_ORIGINS
+    if not origin or not allowed:
+        return
+    if "*" in allowed:
+        response["Access-Control-Allow-Origin"] = "*"
+    elif origin in allowed:
+        response["Access-Control-Allow-Origin"] = origin
+        patch_vary_headers(response, ["Origin"])
+    else:
+        return
+    response["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
+    if request.method == "OPTIONS":
+        response["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
+        # The headers the browser asks for (supabase-js adds its own over time).
+        requested = request.META.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
+        response["Access-Control-Allow-Headers"] = requested or CORS_ALLOW_HEADERS
+        response["Access-Control-Max-Age"] = "86400"
+
+
+class PublicGoTrueView(GoTrueView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+
+def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
+    if not isinstance(request.data, dict):
+        raise validation_failed("Request body must be a JSON object")
+    data = serializer_class(data=request.data)
+    data.is_valid(raise_exception=True)
+    return data.validated_data
+
+
+def _email(raw: str) -> str:
+    email = raw.strip()
+    try:
+        validate_email(email)
+    except DjangoValidationError:
+        raise validation_failed("Unable to validate email address: invalid format") from None
+    return email
+
+
+def _new_password_length(password: str) -> None:
+    if len(password) > settings.PASSWORD_MAX_LENGTH:
+        raise weak_password(
+            [f"Password cannot be longer than {settings.PASSWORD_MAX_LENGTH} characters."], ["password_too_long"]
+        )
+
+
+def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    return {code: OpenApiResponse(GoTrueErrorOutput, description="GoTrue error body") for code in statuses}
+
+
+class SignupView(PublicGoTrueView):
+    """POST /signup {email, password, data?}: with autoconfirm (always here), a session."""
+
+    @extend_schema(
+        request=SignupInput,
+        responses={200: GoTrueSessionOutput, **_errors(400, 401, 422, 429, 503)},
+        summary="GoTrue: sign up (autoconfirm: returns a session)",
+    )
+    def post(self, request: Request) -> Response:
+        ip = client_ip(request)
+        throttles.signup_guard(ip=ip)
+        data = _valid(SignupInput, request)
+        if not data.get("email"):
+            if data.get("phone"):
+                raise GoTrueError(400, "phone_provider_disabled", "Phone signups are disabled")
+            if not data.get("password"):
+                raise GoTrueError(422, "anonymous_provider_disabled", "Anonymous sign-ins are disabled")
+            raise validation_failed("To signup, please provide your email")
+        email = _email(data["email"])
+        password = data.get("password") or ""
+        if not password:
+            raise validation_failed("Signup requires a valid password")
+        _new_password_length(password)
+        metadata = data.get("data") or {}
+        try:
+            tokens = services.user_signup(
+                email=email,
+                password=password,
+                display_name=display_name_from(metadata),
+                user_metadata=metadata,
+                referral_code=referral_code_clean(metadata.get("referral_code")),
+                ip=ip,
+                user_agent=user_agent(request),
+            )
+        except ValidationError as exc:
+            raise weak_password_from(exc) from None
+        audit.record(AuditEvent.Kind.SIGNUP, request, user_id=tokens.user.pk, surface=SURFACE)
+        return Response(session_body(tokens))
+
+
+class TokenView(PublicGoTrueView):
+    """POST /token?grant_type=password|refresh_token."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("grant_type", str, enum=["password", "refresh_token"], required=True)],
+        request=GoTrueTokenInput,
+        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 422, 429, 503)},
+        summary="GoTrue: password login or refresh-token rotation",
+    )
+    def post(self, request: Request) -> Response:
+        grant_type = request.query_params.get("grant_type", "")
+        if grant_type == "password":
+            return self._password(request)
+        if grant_type == "refresh_token":
+            return self._refresh(request)
+        raise validation_failed(f"unsupported_grant_type: {grant_type or 'missing'}")
+
+    def _password(self, request: Request) -> Response:
+        data = _valid(PasswordGrantInput, request)
+        email = (data.get("email") or "").strip()
+        if not email:
+            if data.get("phone"):
+                raise GoTrueError(400, "phone_provider_disabled", "Phone logins are disabled")
+            raise validation_failed("missing email or phone")
+        password = data.get("password") or ""
+        ip = client_ip(request)
+        throttles.login_guard(ip=ip, identifier=email)
+        try:
+            tokens = services.user_login(email=email, password=password, ip=ip, user_agent=user_agent(request))
+        except InvalidCredentials:
+            audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=email, surface=SURFACE)
+            raise
+        throttles.login_succeeded(ip=ip, identifier=email)
+        audit.record(
+            AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=tokens.user.pk, session=tokens.session_id, surface=SURFACE
+        )
+        return Response(session_body(tokens))
+
+    def _refresh(self, request: Request) -> Response:
+        throttles.refresh_guard(ip=client_ip(request))
+        data = _valid(RefreshGrantInput, request)
+        if not data.get("refresh_token"):
+            raise validation_failed("refresh_token required")
+        try:
+            tokens = services.session_refresh(refresh_token=data["refresh_token"])
+        except RefreshTokenReused as exc:
+            audit.record(AuditEvent.Kind.REFRESH_REUSE, request, user_id=exc.user_id, surface=SURFACE)
+            raise
+        audit.record(
+            AuditEvent.Kind.REFRESH, request, user_id=tokens.user.pk, session=tokens.session_id, surface=SURFACE
+        )
+        return Response(session_body(tokens))
+
+
+class UserView(GoTrueView):
+    """GET /user; PUT /user {data?, password?, current_password?}."""
+
+    @extend_schema(responses={200: GoTrueUserOutput, **_errors(401, 403, 503)}, summary="GoTrue: the caller")
+    def get(self, request: Request) -> Response:
+        return Response(user_body(request.user))
+
+    @extend_schema(
+        request=UserUpdateInput,
+        responses={200: GoTrueUserOutput, **_errors(400, 401, 403, 422, 429, 503)},
+        summary="GoTrue: update user_metadata and/or the password",
+    )
+    def put(self, request: Request) -> Response:
+        data = _valid(UserUpdateInput, request)
+        user = request.user
+        if data.get("app_metadata") is not None:
+            raise GoTrueError(403, "not_admin", "Updating app_metadata requires admin privileges")
+        email = (data.get("email") or "").strip()
+        if email and email.lower() != user.email.lower():
+            raise GoTrueError(422, "email_change_not_supported", "Changing the email address is not supported")
+        phone = (data.get("phone") or "").strip()
+        if phone and phone != (user.phone or ""):
+            raise GoTrueError(400, "phone_provider_disabled", "Phone changes are disabled")
+        password = data.get("password")
+        if password:
+            self._password_change(request, password, data.get("current_password"))
+        if data.get("data") is not None:
+            user = services.user_update_profile(user_id=user.pk, user_metadata=data["data"])
+        elif password:
+            user = selectors.user_get(user_id=user.pk) or user  # re-read: updated_at moved
+        return Response(user_body(user))
+
+    def _password_change(self, request: Request, password: str, current_password: str | None) -> None:
+        throttles.password_change_guard(user_id=request.user.pk)
+        if current_password is None and settings.GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD:
+            raise GoTrueError(400, "current_password_required", "Current password required when setting new password.")
+        _new_password_length(password)
+        if current_password is not None and current_password == password:
+            raise GoTrueError(422, "same_password", services.SamePassword.detail)
+        try:
+            services.user_change_password(
+                user_id=request.user.pk,
+                session_id=request.auth.session_id,
+                current_password=current_password,
+                new_password=password,
+            )
+        except ValidationError as exc:
+            if isinstance(exc.detail, dict) and "current_password" in exc.detail:
+                raise GoTrueError(
+                    400, "current_password_invalid", "Current password required when setting new password."
+                ) from None
+            raise weak_password_from(exc) from None
+        audit.record(AuditEvent.Kind.PASSWORD_CHANGE, request, user_id=request.user.pk, surface=SURFACE)
+
+
+class LogoutView(GoTrueView):
+    """POST /logout?scope=global|local|others (default global, as GoTrue): 204."""
+
+    @extend_schema(
+        parameters=[OpenApiParameter("scope", str, enum=sorted(LOGOUT_SCOPES))],
+        request=None,
+        responses={204: None, **_errors(400, 401, 403, 503)},
+        summary="GoTrue: log out (default scope global)",
+    )
+    def post(self, request: Request) -> Response:
+        scope = request.query_params.get("scope", "global")
+        if scope not in LOGOUT_SCOPES:
+            raise validation_failed(f"Unsupported logout scope {scope!r}")
+        services.session_logout(user_id=request.user.pk, session_id=request.auth.session_id, scope=scope)
+        audit.record(AuditEvent.Kind.LOGOUT, request, user_id=request.user.pk, scope=scope, surface=SURFACE)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+EXTERNAL_PROVIDERS = (
+    "anonymous_users",
+    "apple",
+    "azure",
+    "bitbucket",
+    "discord",
+    "facebook",
+    "figma",
+    "fly",
+    "github",
+    "gitlab",
+    "google",
+    "keycloak",
+    "kakao",
+    "linkedin",
+    "linkedin_oidc",
+    "notion",
+    "spotify",
+    "slack",
+    "slack_oidc",
+    "workos",
+    "twitch",
+    "twitter",
+    "zoom",
+    "phone",
+)
+
+
+class SettingsView(PublicGoTrueView):
+    @extend_schema(responses={200: GoTrueSettingsOutput, **_errors(401)}, summary="GoTrue: settings")
+    def get(self, request: Request) -> Response:
+        external = dict.fromkeys(EXTERNAL_PROVIDERS, False)
+        external["email"] = True
+        return Response(
+            {
+                "external": external,
+                "disable_signup": False,
+                "mailer_autoconfirm": True,
+                "phone_autoconfirm": False,
+                "sms_provider": "",
+                "saml_enabled": False,
+            }
+        )
+
+
+class HealthView(PublicGoTrueView):
+    """Liveness, GoTrue's shape: touches no database or cache, needs no apikey."""
+
+    check_apikey = False
+
+    @extend_schema(responses={200: GoTrueHealthOutput}, summary="GoTrue: liveness")
+    def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "version": settings.VELRO_VERSION,
+                "name": "GoTrue",
+                "description": "GoTrue is a user registration and authentication API",
+            }
+        )

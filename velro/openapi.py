@@ -1,0 +1,53 @@
+"""Shared pieces of the published OpenAPI contract (drf-spectacular)."""
+
+from __future__ import annotations
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
+
+
+class ErrorOutput(serializers.Serializer):
+    """Every error: {"error": "<code>", "detail": "<message>"} (+ "fields" on 400)."""
+
+    error = serializers.CharField()
+    detail = serializers.CharField()
+    fields = serializers.DictField(child=serializers.ListField(child=serializers.CharField()), required=False)
+
+
+_DESCRIPTIONS = {
+    400: "validation_error (with fields) or invalid_json",
+    401: "not_authenticated / invalid_token / invalid_credentials / invalid_refresh_token",
+    403: "forbidden (e.g. an API key where a session is needed)",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "email_taken / username_taken",
+    415: "unsupported_media_type (the API takes JSON)",
+    429: "rate_limited, with Retry-After",
+    503: "unavailable (database timed out or down), with Retry-After",
+}
+
+
+def errors(*statuses: int) -> dict[int, OpenApiResponse]:
+    """Error responses for a view; 400, 415, 503 are possible everywhere JSON is read."""
+    return {status: OpenApiResponse(ErrorOutput, description=_DESCRIPTIONS[status]) for status in statuses}
+
+
+class AccessTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.authentication.AccessTokenAuthentication"
+    name = "bearerAuth"
+
+    def get_security_definition(self, auto_schema: object) -> dict:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "bearerFormat": "JWT access token, or an API key (vk_live_...; also accepted as X-API-Key)",
+        }
+
+
+class GoTrueTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "accounts.gotrue.authentication.GoTrueTokenAuthentication"
+    name = "gotrueBearer"
+
+    def get_security_definition(self, auto_schema: object) -> dict:
+        return {"type": "http", "scheme": "bearer", "bearerFormat": "GoTrue access token (JWT)"}
