@@ -12,6 +12,7 @@ from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from monitoring import audit, slo
 from monitoring.checks import readiness_reset
 from velro.cache import safe_cache
+from velro.db import breaker as db_breaker
 from velro.ratelimit import LocalCounters, limiter
 from velro.tasks import enqueue_reset
 
@@ -21,6 +22,7 @@ def _reset_shared_state() -> None:
     safe_cache.reset()
     limiter.local = LocalCounters()
     enqueue_reset()
+    db_breaker.reset()
     readiness_reset()
     slo.reset()
     audit.flush_discard()
@@ -33,6 +35,9 @@ def _isolation(settings):
     settings.TOUCH_FLUSH_INTERVAL_SECONDS = 0
     settings.SLO_FLUSH_SECONDS = 0
     settings.AUDIT_FLUSH_SECONDS = -1
+    # The database breaker stays closed unless a test is about it
+    # (velro/tests/test_db_breaker.py): timeout tests retry right away.
+    settings.DB_BREAKER_COOLDOWN_SECONDS = 0
     _reset_shared_state()
     yield
     _reset_shared_state()

@@ -55,7 +55,8 @@ class SignupInput(serializers.Serializer):
 
 
 def referral_code_clean(value: Any) -> str | None:
-    if isinstance(value, str) and 0 < len(value.strip()) <= 64:
+    """A plausible code as typed, else None (a bad code never fails a signup)."""
+    if isinstance(value, str) and 0 < len(value.strip()) <= 64 and value.isprintable():
         return value.strip()
     return None
 

@@ -28,6 +28,7 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from monitoring import context, metrics, slo
+from velro.db import breaker as db_breaker
 
 logger = logging.getLogger("velro.request")
 
@@ -55,7 +56,7 @@ class RequestContextMiddleware:
         # after the middleware chain, still carries the request id.
         record = context.begin(context.request_id_from(request.META.get("HTTP_X_REQUEST_ID")))
         request.request_id = record.request_id
-        with connection.execute_wrapper(_time_query):
+        with connection.execute_wrapper(_time_query), connection.execute_wrapper(db_breaker.guard):
             response = self.get_response(request)
         total = record.total_ms()
         response["X-Request-ID"] = record.request_id

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
@@ -256,19 +257,32 @@ def _message(notification: EmailNotification) -> EmailMultiAlternatives:
 
 
 def email_send(*, notification_id: int, now: datetime | None = None) -> str:
-    """Send one recorded email at most once: "sent", "skipped" or raises EmailSendError."""
+    """Send one recorded email at most once: "sent", "skipped" or raises EmailSendError.
+
+    Everything that can fail without sending (reading the row and its
+    recipient, rendering) happens before the claim; between the claim and
+    the end of the SMTP conversation any failure hands the row back. So a
+    stalled database or a time limit can delay an email, never lose it.
+    """
     now = now or timezone.now()
+    notification = (
+        EmailNotification.objects.select_related("recipient")
+        .filter(pk=notification_id, status=EmailStatus.PENDING)
+        .first()
+    )
+    if notification is None:
+        return "skipped"
+    message = _message(notification)
     claimed = EmailNotification.objects.filter(pk=notification_id, status=EmailStatus.PENDING).update(
         status=EmailStatus.SENDING, claimed_at=now, attempts=F("attempts") + 1
     )
     if not claimed:
-        return "skipped"
-    notification = EmailNotification.objects.select_related("recipient").get(pk=notification_id)
+        return "skipped"  # another worker claimed it first
     try:
-        _message(notification).send()
+        message.send()
     except Exception as exc:
-        # Nothing was delivered (the server refused or never answered): hand
-        # the row back for a retry.
+        # Nothing was delivered (the server refused, never answered, or the
+        # task ran out of time first): hand the row back for a retry.
         EmailNotification.objects.filter(pk=notification_id, status=EmailStatus.SENDING).update(
             status=EmailStatus.PENDING, last_error=f"{exc.__class__.__name__}: {exc}"[:300]
         )
@@ -314,7 +328,10 @@ def referrals_sweep(*, min_age_seconds: int | None = None, limit: int = 500) -> 
     emails = EmailNotification.objects.filter(
         status=EmailStatus.PENDING, created_at__lte=cutoff, attempts__lt=settings.EMAIL_MAX_ATTEMPTS
     ).values_list("pk", flat=True)[:limit]
+    deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
     for notification_id in emails:
+        if time.monotonic() > deadline:
+            break  # stay well inside the task's time limit: the next sweep goes on
         try:
             summary["emails"] += email_send(notification_id=notification_id) == "sent"
         except EmailSendError:

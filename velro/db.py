@@ -14,11 +14,16 @@ timeouts instead.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
+
+logger = logging.getLogger("velro.db")
 
 
 @contextmanager
@@ -36,3 +41,48 @@ def db_budget(*, statement_ms: int | None = None, lock_ms: int | None = None) ->
                     [f"{statement_ms}ms", f"{lock_ms}ms"],
                 )
         yield
+
+
+class BreakerOpen(OperationalError):
+    """Refused by the breaker (no query was sent): does not extend the cooldown."""
+
+
+class DatabaseBreaker:
+    """Fail fast for a moment after the database stalled or went away.
+
+    Without it, during a stall every request in a process waits out its own
+    lock or statement timeout, and the requests queued behind them wait even
+    longer. After one such failure, queries in this process fail at once
+    (503 + Retry-After) for DB_BREAKER_COOLDOWN_SECONDS; requests that need no
+    SQL (a token check on a warm cache) carry on. Per process, like the pool.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._open_until = 0.0
+
+    @property
+    def open(self) -> bool:
+        return self.clock() < self._open_until
+
+    def trip(self, exc: Exception | None = None) -> None:
+        if isinstance(exc, BreakerOpen):
+            return  # our own refusal: the cooldown must run out while traffic goes on
+        first = not self.open
+        self._open_until = self.clock() + settings.DB_BREAKER_COOLDOWN_SECONDS
+        if first and settings.DB_BREAKER_COOLDOWN_SECONDS > 0:
+            logger.warning(
+                "database stalled or unreachable: failing fast for %.1fs", settings.DB_BREAKER_COOLDOWN_SECONDS
+            )
+
+    def reset(self) -> None:
+        self._open_until = 0.0
+
+    def guard(self, execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
+        """An execute wrapper: refuse the query while the breaker is open."""
+        if self.open:
+            raise BreakerOpen("database breaker open: a recent query stalled")
+        return execute(sql, params, many, context)
+
+
+breaker = DatabaseBreaker()

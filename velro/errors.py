@@ -13,11 +13,25 @@ from typing import Any
 from django.db import InterfaceError, OperationalError
 from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
+
+from velro.db import breaker
 
 logger = logging.getLogger("velro.errors")
 
 RETRY_AFTER_SECONDS = "2"
+
+
+class SafeJSONParser(JSONParser):
+    """DRF's JSONParser, plus: a body nested deeper than Python's recursion
+    limit ("[[[[..." x 100000) is invalid JSON (400), not a RecursionError (500)."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise drf.ParseError("JSON nested too deeply") from None
 
 
 class ApiError(Exception):
@@ -116,6 +130,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         # Statement/lock timeout, or the database is down: answer fast and
         # tell the client when to retry instead of surfacing a traceback.
         logger.warning("database unavailable: %s", exc.__class__.__name__, exc_info=False)
+        breaker.trip(exc)
         return Response(
             error_body(Unavailable.code, Unavailable.detail),
             status=503,
@@ -148,6 +163,7 @@ class DatabaseUnavailableMiddleware:
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         if isinstance(exception, (OperationalError, InterfaceError)):
             logger.warning("database unavailable: %s", exception.__class__.__name__)
+            breaker.trip(exception)
             return unavailable_response()
         return None
 

@@ -179,6 +179,9 @@ DB_POOL = _bool("DB_POOL", True)
 DB_POOL_MIN_SIZE = _int("DB_POOL_MIN_SIZE", 2, minimum=0)
 DB_POOL_MAX_SIZE = _int("DB_POOL_MAX_SIZE", 4, minimum=1)
 DB_POOL_TIMEOUT = _float("DB_POOL_TIMEOUT", 2.0)  # seconds a request may wait for a connection
+# After a stalled or failed query, a web process fails its queries fast
+# (503 + Retry-After) for this long instead of queueing behind the stall.
+DB_BREAKER_COOLDOWN_SECONDS = _float("DB_BREAKER_COOLDOWN_SECONDS", 1.0)
 # Without the pool: persistent connections, this many seconds.
 DB_CONN_MAX_AGE = _int("DB_CONN_MAX_AGE", 600)
 # The tighter budget of the auth transactions (signup, refresh, logout,
@@ -376,6 +379,9 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# On a lost broker connection, cancel running acks_late tasks (they will be
+# redelivered) instead of letting them finish with acks that cannot be sent.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
 # After a failed enqueue, skip the broker for this long (the work is in
 # PostgreSQL; the sweeper sends it).
 CELERY_ENQUEUE_COOLDOWN_SECONDS = _float("CELERY_ENQUEUE_COOLDOWN_SECONDS", 5.0)
@@ -416,7 +422,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.authentication.AccessTokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["velro.errors.SafeJSONParser"],
     "EXCEPTION_HANDLER": "velro.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

@@ -35,7 +35,20 @@ class MetadataField(serializers.JSONField):
             raise serializers.ValidationError("must be a JSON object")
         if len(value) > METADATA_MAX_KEYS:
             raise serializers.ValidationError(f"at most {METADATA_MAX_KEYS} keys")
+        if _has_nul(value):
+            # PostgreSQL's jsonb cannot store U+0000: refuse it here, not with a 500.
+            raise serializers.ValidationError("must not contain NUL characters")
         return value
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(key) or _has_nul(item) for key, item in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(item) for item in value)
+    return False
 
 
 def _password() -> StrictCharField:
@@ -45,7 +58,7 @@ def _password() -> StrictCharField:
 
 @extend_schema_serializer(component_name="GoTrueSignupInput")
 class SignupInput(serializers.Serializer):
-    email = StrictCharField(required=False, allow_blank=True, max_length=1024)
+    email = StrictCharField(required=False, allow_blank=True, max_length=254)  # the column's size
     phone = StrictCharField(required=False, allow_blank=True, allow_null=True)
     password = _password()
     data = MetadataField(required=False, allow_null=True)

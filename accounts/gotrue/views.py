@@ -154,7 +154,7 @@ class SignupView(PublicGoTrueView):
 
     @extend_schema(
         request=SignupInput,
-        responses={200: GoTrueSessionOutput, **_errors(400, 401, 422, 429, 503)},
+        responses={200: GoTrueSessionOutput, **_errors(400, 401, 415, 422, 429, 503)},
         summary="GoTrue: sign up (autoconfirm: returns a session)",
     )
     def post(self, request: Request) -> Response:
@@ -195,7 +195,7 @@ class TokenView(PublicGoTrueView):
     @extend_schema(
         parameters=[OpenApiParameter("grant_type", str, enum=["password", "refresh_token"], required=True)],
         request=GoTrueTokenInput,
-        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 422, 429, 503)},
+        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 415, 422, 429, 503)},
         summary="GoTrue: password login or refresh-token rotation",
     )
     def post(self, request: Request) -> Response:
@@ -252,7 +252,7 @@ class UserView(GoTrueView):
 
     @extend_schema(
         request=UserUpdateInput,
-        responses={200: GoTrueUserOutput, **_errors(400, 401, 403, 422, 429, 503)},
+        responses={200: GoTrueUserOutput, **_errors(400, 401, 403, 415, 422, 429, 503)},
         summary="GoTrue: update user_metadata and/or the password",
     )
     def put(self, request: Request) -> Response:
