@@ -133,6 +133,10 @@ class EmailNotification(models.Model):
     last_error = models.CharField(max_length=300, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     claimed_at = models.DateTimeField(null=True, blank=True)
+    # Set just before the SMTP conversation starts: a "sending" row without it
+    # was interrupted before anything could be delivered, so it is safe to
+    # send again; one with it may have been delivered, so it is not.
+    smtp_started_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

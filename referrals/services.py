@@ -278,13 +278,14 @@ def email_send(*, notification_id: int, now: datetime | None = None) -> str:
     )
     if not claimed:
         return "skipped"  # another worker claimed it first
+    EmailNotification.objects.filter(pk=notification_id).update(smtp_started_at=timezone.now())
     try:
         message.send()
     except Exception as exc:
         # Nothing was delivered (the server refused, never answered, or the
         # task ran out of time first): hand the row back for a retry.
         EmailNotification.objects.filter(pk=notification_id, status=EmailStatus.SENDING).update(
-            status=EmailStatus.PENDING, last_error=f"{exc.__class__.__name__}: {exc}"[:300]
+            status=EmailStatus.PENDING, smtp_started_at=None, last_error=f"{exc.__class__.__name__}: {exc}"[:300]
         )
         raise EmailSendError(str(exc)) from exc
     EmailNotification.objects.filter(pk=notification_id).update(status=EmailStatus.SENT, sent_at=timezone.now())
@@ -325,6 +326,13 @@ def referrals_sweep(*, min_age_seconds: int | None = None, limit: int = 500) -> 
     EmailNotification.objects.filter(status=EmailStatus.PENDING, attempts__gte=settings.EMAIL_MAX_ATTEMPTS).update(
         status=EmailStatus.FAILED
     )  # out of attempts: visible to operators as failed (last_error kept)
+    # Claimed by a task that died before its SMTP conversation began (worker
+    # killed, time limit): nothing was delivered, so it goes back in line.
+    EmailNotification.objects.filter(
+        status=EmailStatus.SENDING,
+        smtp_started_at__isnull=True,
+        claimed_at__lt=now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT),
+    ).update(status=EmailStatus.PENDING)
     emails = EmailNotification.objects.filter(
         status=EmailStatus.PENDING, created_at__lte=cutoff, attempts__lt=settings.EMAIL_MAX_ATTEMPTS
     ).values_list("pk", flat=True)[:limit]
@@ -415,7 +423,7 @@ def referrals_reconcile() -> ReconcileReport:
     # see it as failed.
     lease = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 2)
     report.emails_interrupted = EmailNotification.objects.filter(
-        status=EmailStatus.SENDING, claimed_at__lt=lease
+        status=EmailStatus.SENDING, smtp_started_at__isnull=False, claimed_at__lt=lease
     ).update(status=EmailStatus.FAILED, last_error="interrupted while sending; not resent (at most once)")
     report.emails_sent = referrals_sweep(min_age_seconds=0)["emails"]
     logger.info("referral nightly sync: %s", asdict(report))

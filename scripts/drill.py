@@ -1155,7 +1155,8 @@ def work_pending(database: str) -> dict[str, int]:
             SELECT
               (SELECT count(*) FROM referral_intents WHERE status = 'pending'),
               (SELECT count(*) FROM referrals WHERE status = 'pending' AND referrer_id IS NOT NULL),
-              (SELECT count(*) FROM email_notifications WHERE status = 'pending'),
+              (SELECT count(*) FROM email_notifications WHERE status = 'pending'
+                 OR (status = 'sending' AND smtp_started_at IS NULL)),
               (SELECT count(*) FROM email_notifications WHERE status = 'sending')
             """
         ).fetchone()

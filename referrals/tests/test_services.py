@@ -642,6 +642,22 @@ def test_sweep_credits_a_referral_whose_credit_was_lost(referrer, locmem):
     assert credited_count(referrer) == 1
 
 
+def test_a_claim_that_died_before_smtp_started_is_sent_again_by_the_sweep(locmem, settings):
+    old_claim = timezone.now() - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 5)
+    lost = EmailNotificationFactory(status=EmailStatus.SENDING, attempts=1, claimed_at=old_claim)
+    mid_smtp = EmailNotificationFactory(
+        status=EmailStatus.SENDING, attempts=1, claimed_at=old_claim, smtp_started_at=old_claim
+    )
+
+    summary = services.referrals_sweep(min_age_seconds=0)
+
+    assert EmailNotification.objects.get(pk=lost.pk).status == EmailStatus.SENT
+    assert summary["emails"] == 1
+    # It may have been delivered: at most once means it is not sent again.
+    assert EmailNotification.objects.get(pk=mid_smtp.pk).status == EmailStatus.SENDING
+    assert len(locmem) == 1
+
+
 def test_sweep_stops_sending_when_the_smtp_server_is_down(smtp_down):
     rows = EmailNotificationFactory.create_batch(3)
     summary = services.referrals_sweep(min_age_seconds=0)
@@ -667,7 +683,9 @@ def test_reconcile_repairs_drift_and_finishes_pending_work_and_a_second_run_fixe
     stale = UserFactory(email="stale@example.com")
     PublicUser.objects.filter(pk=stale.pk).update(email="old@example.com")
     old_claim = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 2 + 60)
-    interrupted = EmailNotificationFactory(status=EmailStatus.SENDING, attempts=1, claimed_at=old_claim)
+    interrupted = EmailNotificationFactory(
+        status=EmailStatus.SENDING, attempts=1, claimed_at=old_claim, smtp_started_at=old_claim
+    )
     in_flight = EmailNotificationFactory(status=EmailStatus.SENDING, attempts=1, claimed_at=now)
     pending_emails = EmailNotification.objects.filter(status=EmailStatus.PENDING).count()
 
