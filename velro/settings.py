@@ -379,9 +379,10 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-# On a lost broker connection, cancel running acks_late tasks (they will be
-# redelivered) instead of letting them finish with acks that cannot be sent.
-CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# On a lost broker connection, let running tasks finish (their ack is lost and
+# the message redelivered, which the tasks' idempotence absorbs) instead of
+# terminating them: a terminated send_email could be cut mid-SMTP.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 # After a failed enqueue, skip the broker for this long (the work is in
 # PostgreSQL; the sweeper sends it).
 CELERY_ENQUEUE_COOLDOWN_SECONDS = _float("CELERY_ENQUEUE_COOLDOWN_SECONDS", 5.0)
