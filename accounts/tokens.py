@@ -61,25 +61,38 @@ def access_token_encode(*, user_id: uuid.UUID, session_id: uuid.UUID, now: datet
     return jwt.encode(claims, jwt_key(), algorithm=ALGORITHM), expires_at
 
 
-def access_token_decode(token: str) -> AccessClaims:
+def jwt_verify(token: str, *, key: bytes, audience: str, issuer: str, required: list[str]) -> dict:
+    """Verify an HS256 JWT strictly; InvalidAccessToken for anything wrong with it.
+
+    Shared by both surfaces (the native tokens here, GoTrue's in accounts.gotrue).
+    """
     try:
-        claims = jwt.decode(
+        return jwt.decode(
             token,
-            jwt_key(),
+            key,
             algorithms=[ALGORITHM],  # allowlist: never "none", never a key-confusion alg
-            audience=settings.JWT_AUDIENCE,
-            issuer=settings.JWT_ISSUER,
+            audience=audience,
+            issuer=issuer,
             leeway=settings.JWT_LEEWAY_SECONDS,
-            options={"require": REQUIRED_CLAIMS},
+            options={"require": required},
         )
-        if claims.get("typ") != ACCESS_TYPE:
-            raise InvalidAccessToken("wrong token type")
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidAccessToken(str(exc)) from None
+
+
+def access_token_decode(token: str) -> AccessClaims:
+    claims = jwt_verify(
+        token, key=jwt_key(), audience=settings.JWT_AUDIENCE, issuer=settings.JWT_ISSUER, required=REQUIRED_CLAIMS
+    )
+    if claims.get("typ") != ACCESS_TYPE:
+        raise InvalidAccessToken("wrong token type")
+    try:
         return AccessClaims(
             user_id=uuid.UUID(str(claims["sub"])),
             session_id=uuid.UUID(str(claims["sid"])),
             expires_at=int(claims["exp"]),
         )
-    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+    except (ValueError, TypeError) as exc:
         raise InvalidAccessToken(str(exc)) from None
 
 

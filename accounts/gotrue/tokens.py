@@ -17,7 +17,7 @@ import jwt
 from django.conf import settings
 
 from accounts.models import NO_EMAIL_DOMAIN, User
-from accounts.tokens import ALGORITHM, derived_key
+from accounts.tokens import ALGORITHM, InvalidAccessToken, derived_key, jwt_verify
 
 ROLE = "authenticated"
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "session_id"]
@@ -78,15 +78,13 @@ def gotrue_access_token_encode(
 
 def gotrue_access_token_decode(token: str) -> GoTrueClaims:
     try:
-        claims = jwt.decode(
+        claims = jwt_verify(
             token,
-            gotrue_jwt_key(),
-            algorithms=[ALGORITHM],  # allowlist: never "none", never a key-confusion alg
+            key=gotrue_jwt_key(),
             audience=settings.GOTRUE_JWT_AUDIENCE,
             issuer=settings.GOTRUE_ISSUER,
-            leeway=settings.JWT_LEEWAY_SECONDS,
-            options={"require": REQUIRED_CLAIMS},
+            required=REQUIRED_CLAIMS,
         )
         return GoTrueClaims(user_id=uuid.UUID(str(claims["sub"])), session_id=uuid.UUID(str(claims["session_id"])))
-    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+    except (InvalidAccessToken, ValueError, TypeError, AttributeError) as exc:
         raise InvalidGoTrueToken(str(exc)) from None
