@@ -182,13 +182,6 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
     return user if session.is_active(now) and user.is_active else None
 
 
-def user_sessions_active(*, user_id: uuid.UUID, now: datetime | None = None) -> list[Session]:
-    now = now or timezone.now()
-    return list(
-        Session.objects.filter(user_id=user_id, revoked_at__isnull=True, expires_at__gt=now).order_by("-created_at")
-    )
-
-
 # --- API keys -------------------------------------------------------------------------
 
 
