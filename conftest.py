@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
+from django.conf import settings as django_settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
@@ -41,6 +43,39 @@ def _isolation(settings):
     _reset_shared_state()
     yield
     _reset_shared_state()
+
+
+def cache_config(location: str) -> dict:
+    """A django-redis CACHES setting for `location` (with the app's short socket timeouts)."""
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": location,
+            "KEY_PREFIX": "velro",
+            "OPTIONS": {
+                "CLIENT_CLASS": "django_redis.client.DefaultClient",
+                "SOCKET_CONNECT_TIMEOUT": 0.25,
+                "SOCKET_TIMEOUT": 0.25,
+            },
+        }
+    }
+
+
+@pytest.fixture
+def point_cache_at(settings):
+    """Point the default cache at `location`; the real one is put back before
+    the autouse fixture above clears the cache on teardown."""
+    original = copy.deepcopy(django_settings.CACHES)
+
+    def _point(location: str) -> None:
+        settings.CACHES = cache_config(location)  # Django resets `caches` on this change
+        safe_cache.reset()
+        readiness_reset()
+
+    yield _point
+    settings.CACHES = original
+    safe_cache.reset()
+    readiness_reset()
 
 
 @pytest.fixture

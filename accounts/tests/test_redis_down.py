@@ -7,7 +7,6 @@ never touched by these tests (only the shared conftest clears its test DB).
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import signal
@@ -19,7 +18,6 @@ import uuid
 
 import pytest
 import redis
-from django.conf import settings as django_settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django_redis import get_redis_connection
@@ -44,36 +42,6 @@ API_KEYS = "/api/v1/auth/api-keys"
 SECRET = "quiet orchard lantern 58"
 NEW_SECRET = "another quiet passphrase 77"
 CLOSED_PORT = "redis://127.0.0.1:1/0"
-
-
-def cache_config(location: str) -> dict:
-    return {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": location,
-            "KEY_PREFIX": "velro",
-            "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
-                "SOCKET_CONNECT_TIMEOUT": 0.25,
-                "SOCKET_TIMEOUT": 0.25,
-            },
-        }
-    }
-
-
-@pytest.fixture
-def point_cache_at(settings):
-    """Point the default cache at `location`; the real one is put back before
-    the shared conftest clears the cache on teardown."""
-    original = copy.deepcopy(django_settings.CACHES)
-
-    def _point(location: str) -> None:
-        settings.CACHES = cache_config(location)  # Django resets `caches` on this change
-        safe_cache.reset()
-
-    yield _point
-    settings.CACHES = original
-    safe_cache.reset()
 
 
 @pytest.fixture

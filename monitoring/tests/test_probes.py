@@ -7,7 +7,6 @@ closed port), and the database outage runs in a separate interpreter.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -45,33 +44,10 @@ def statements(captured: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in captured.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
 
 
-def cache_config(location: str) -> dict:
-    return {
-        "default": {
-            "BACKEND": "django_redis.cache.RedisCache",
-            "LOCATION": location,
-            "KEY_PREFIX": "velro",
-            "OPTIONS": {
-                "CLIENT_CLASS": "django_redis.client.DefaultClient",
-                "SOCKET_CONNECT_TIMEOUT": 0.25,
-                "SOCKET_TIMEOUT": 0.25,
-            },
-        }
-    }
-
-
 @pytest.fixture
-def cache_down(settings):
-    """The default cache points at a closed port; the real one is back before the
-    shared conftest clears the cache on teardown."""
-    original = copy.deepcopy(django_settings.CACHES)
-    settings.CACHES = cache_config(CLOSED_REDIS)  # Django resets `caches` on this change
-    safe_cache.reset()
-    readiness_reset()
-    yield
-    settings.CACHES = original
-    safe_cache.reset()
-    readiness_reset()
+def cache_down(point_cache_at):
+    """The default cache points at a closed port (restored by point_cache_at)."""
+    point_cache_at(CLOSED_REDIS)
 
 
 @pytest.fixture
