@@ -10,6 +10,7 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from accounts.revocations import feed as revocation_feed
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from monitoring import audit, slo
 from monitoring.checks import readiness_reset
@@ -17,6 +18,15 @@ from velro.cache import safe_cache
 from velro.db import breaker as db_breaker
 from velro.ratelimit import LocalCounters, limiter
 from velro.tasks import enqueue_reset
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # The embedded-default run (scripts/test.sh, SQLite) skips what only
+    # PostgreSQL can do; the main run on PostgreSQL runs everything.
+    if item.get_closest_marker("postgresql") and django_settings.DATABASES["default"]["ENGINE"] != (
+        "django.db.backends.postgresql"
+    ):
+        pytest.skip("needs PostgreSQL (runs in the main suite)")
 
 
 def _reset_shared_state() -> None:
@@ -28,6 +38,7 @@ def _reset_shared_state() -> None:
     readiness_reset()
     slo.reset()
     audit.flush_discard()
+    revocation_feed.reset()
 
 
 @pytest.fixture(autouse=True)
@@ -40,6 +51,9 @@ def _isolation(settings):
     # The database breaker stays closed unless a test is about it
     # (velro/tests/test_db_breaker.py): timeout tests retry right away.
     settings.DB_BREAKER_COOLDOWN_SECONDS = 0
+    # The revocation feed's poller thread stays off: tests about it
+    # (accounts/tests/test_revocations.py) turn it on and poll by hand.
+    settings.REVOCATION_FEED_INTERVAL_SECONDS = 0
     _reset_shared_state()
     yield
     _reset_shared_state()
@@ -112,3 +126,23 @@ def auth_api(api, user, login):
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access_token']}")
     api.tokens = tokens
     return api
+
+
+@pytest.fixture
+def start_gunicorn(tmp_path):
+    """Start a real gunicorn (velro.tests.support.GunicornServer) for this test:
+    `start_gunicorn(workers=2, env={...})` returns it running; all are stopped
+    after the test. The gunicorn uses this test's database: make it exist and
+    commit what it must see (`django_db(transaction=True)`)."""
+    from velro.tests.support import GunicornServer
+
+    started: list[GunicornServer] = []
+
+    def _start(**options: Any) -> GunicornServer:
+        server = GunicornServer(tmp_path / f"gunicorn-{len(started)}", **options)
+        started.append(server)
+        return server.start()
+
+    yield _start
+    for server in started:
+        server.stop()

@@ -85,9 +85,28 @@ _METRICS_DIR = os.environ.setdefault(
 )
 
 
+def _metrics_dir_usable() -> None:
+    """Stop here, saying what to fix, when the metrics directory cannot be written
+    (e.g. an image whose var/ belongs to root while gunicorn runs as another user):
+    otherwise the first import of the app dies on a bare PermissionError."""
+    try:
+        os.makedirs(_METRICS_DIR, exist_ok=True)
+        if not os.access(_METRICS_DIR, os.W_OK | os.X_OK):
+            raise PermissionError(13, "not writable")
+    except OSError as exc:
+        raise SystemExit(
+            f"gunicorn.conf.py: the Prometheus metrics directory {_METRICS_DIR} is not usable by uid {os.getuid()}"
+            f" ({exc.strerror or exc}): make it (or its parent) writable for that user,"
+            " or set PROMETHEUS_MULTIPROC_DIR to a writable directory"
+        ) from None
+
+
+_metrics_dir_usable()  # at config load: `gunicorn --check-config` says it too
+
+
 def on_starting(server: Any) -> None:
     """Start from an empty metrics directory (files of a previous run would be summed in)."""
-    os.makedirs(_METRICS_DIR, exist_ok=True)
+    _metrics_dir_usable()
     for name in os.listdir(_METRICS_DIR):
         if name.endswith(".db"):
             os.remove(os.path.join(_METRICS_DIR, name))

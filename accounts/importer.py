@@ -48,6 +48,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from accounts import services
 from accounts.gotrue.serializers import display_name_from
 from accounts.models import NO_EMAIL_DOMAIN, PublicUser, User, normalize_email
 from accounts.selectors import cache_invalidate, user_key
@@ -463,6 +464,8 @@ class SupabaseUserImporter:
         updated: list[User] = []
         outcomes: list[tuple[UserRow, str]] = []
         taken: list[tuple[UserRow, uuid.UUID]] = []
+        password_replaced_ids: list[uuid.UUID] = []
+        deactivated_ids: list[uuid.UUID] = []
         for row in rows:
             holder = holders.get(row.email.lower())
             if holder is not None and holder != row.id:
@@ -476,6 +479,11 @@ class SupabaseUserImporter:
             elif any(getattr(user, name) != getattr(current, name) for name in WRITTEN_FIELDS):
                 updated.append(user)
                 outcomes.append((row, "updated"))
+                # Bulk writes send no model signals: end what the model would have.
+                if user.password != current.password:
+                    password_replaced_ids.append(user.pk)
+                if current.is_active and not user.is_active:
+                    deactivated_ids.append(user.pk)
             else:
                 outcomes.append((row, "unchanged"))
         changed = created + updated
@@ -490,6 +498,12 @@ class SupabaseUserImporter:
             self._mirror(changed)
             self._referral_codes([user.pk for user in changed])
             cache_invalidate(user_key(user.pk) for user in updated)
+            for user_id in password_replaced_ids:
+                services.user_sessions_end(user_id=user_id, reason="password_change")
+            # A deactivated user's tokens are all refused already (the session
+            # check reads is_active): the revocation reaches the other nodes.
+            for user_id in deactivated_ids:
+                services.user_revoke(user_id=user_id)
         # Counted only once the batch is written: a batch retried row by row
         # after a conflict is not counted twice.
         for row, holder in taken:
@@ -533,7 +547,9 @@ class SupabaseUserImporter:
             username=current.username,
             password=password,
             display_name=current.display_name or display_name_from(row.user_metadata),
-            is_active=not row.banned,
+            # A ban in the export deactivates; it never reactivates a user an
+            # operator deactivated here.
+            is_active=current.is_active and not row.banned,
             is_staff=current.is_staff,
             is_superuser=current.is_superuser,
             date_joined=row.created_at or current.date_joined,

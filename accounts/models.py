@@ -4,11 +4,14 @@ import uuid
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
+from django.contrib.auth.hashers import check_password
 from django.contrib.auth.models import PermissionsMixin
 from django.db import models, transaction
 from django.db.models import CharField, EmailField
 from django.db.models.functions import Lower
 from django.utils import timezone
+
+from accounts.events import password_replaced
 
 # `email__lower=...` compiles to LOWER("email") = %s, which the functional
 # unique indexes below serve: one indexed lookup, case-insensitively.
@@ -84,6 +87,31 @@ class User(AbstractBaseUser, PermissionsMixin):
     def __str__(self) -> str:
         return self.email
 
+    # Set by set_password()/set_unusable_password(), cleared by save(): the
+    # next save replaces the password, which ends the user's other sessions
+    # (accounts.events.password_replaced) whoever called it.
+    _password_replaced = False
+    # The session that asked for the change and stays signed in (the API sets it).
+    keep_session_id: uuid.UUID | None = None
+
+    def set_password(self, raw_password: str | None) -> None:
+        super().set_password(raw_password)
+        self._password_replaced = True
+
+    def set_unusable_password(self) -> None:
+        super().set_unusable_password()
+        self._password_replaced = True
+
+    def check_password(self, raw_password: str) -> bool:
+        def upgrade(raw: str) -> None:
+            # The same password rehashed with today's parameters: not a
+            # change, so the user's sessions stay.
+            super(User, self).set_password(raw)
+            self._password = None
+            self.save(update_fields=["password"])
+
+        return check_password(raw_password, self.password, upgrade)
+
     def save(self, *args: Any, **kwargs: Any) -> None:
         if getattr(self, "is_cached_snapshot", False):
             # A snapshot from the cache has no password hash: saving it would
@@ -98,8 +126,15 @@ class User(AbstractBaseUser, PermissionsMixin):
         # post_save (users-sync) runs inside this block, so the mirror row is
         # written in the same transaction by every ORM path: API, admin,
         # createsuperuser, shell. savepoint=False: no extra round trips.
+        fields = kwargs.get("update_fields")
+        replaced = self._password_replaced and not self._state.adding and (fields is None or "password" in fields)
         with transaction.atomic(using=kwargs.get("using"), savepoint=False):
             super().save(*args, **kwargs)
+            if replaced:
+                # In the same transaction: the sessions end when the password changes.
+                password_replaced.send(sender=User, user=self, keep_session_id=self.keep_session_id)
+        self._password_replaced = False
+        self.keep_session_id = None
 
 
 class Role(models.TextChoices):
@@ -201,3 +236,30 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+class RevocationKind(models.TextChoices):
+    SESSION = "session"  # subject: the session id (logout, admin revoke, refresh reuse, password change)
+    API_KEY = "api_key"  # subject: the key's hash
+    USER = "user"  # subject: the user id (deactivated, banned or deleted)
+
+
+class Revocation(models.Model):
+    """The revocation feed: one row per revoked session, key or user.
+
+    Written in the revoking transaction, so it commits exactly when the
+    revocation does. Every web process polls it (accounts.revocations) and
+    stops trusting cached "active" entries for what it names: a node that
+    cannot reach Redis still revokes everywhere, through PostgreSQL.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    kind = models.CharField(max_length=16, choices=RevocationKind.choices)
+    subject = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        db_table = "auth_revocations"
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.subject}"

@@ -7,8 +7,11 @@ What is cached, per id, with the cache generation it was read under:
 
 Every write path that changes one of these rows deletes its entry (services
 and the users-sync hooks call the *_invalidate functions below), after commit
-as well as at once, so a concurrent reader cannot re-cache the old row
-between the two. A token-authenticated request on a warm cache runs no SQL.
+as well as at once. Revocations (logout, key revoke, deactivation...) do more
+(accounts/revocations.py): a tombstone read in the same round trip as the
+entry, and the PostgreSQL feed, make a cached "active" entry worthless, so a
+reader that re-cached the old row between the delete and the commit cannot
+resurrect it. A token-authenticated request on a warm cache runs no SQL.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from accounts.models import ApiKey, PublicUser, Role, Session, User
+from accounts.models import ApiKey, PublicUser, RevocationKind, Role, Session, User
+from accounts.revocations import feed, tombstone_key
 from velro.cache import GENERATION_KEY, safe_cache
 
 
@@ -41,6 +45,18 @@ def api_key_key(key_hash: str) -> str:
 
 def _fresh(entry: Any, generation: int) -> dict | None:
     return entry if isinstance(entry, dict) and entry.get("g") == generation else None
+
+
+def _trusted(found: dict[str, Any], *subjects: tuple[str, str]) -> bool:
+    """May a cached positive entry about these (kind, subject)s be used? Not
+    when one of them has a tombstone, or the revocation feed says no."""
+    if any(tombstone_key(kind, subject) in found for kind, subject in subjects):
+        return False
+    return feed.trusts_cached(*subjects)
+
+
+def _tombstones(*subjects: tuple[str, str]) -> list[str]:
+    return [tombstone_key(kind, subject) for kind, subject in subjects]
 
 
 # --- invalidation ------------------------------------------------------------------
@@ -151,14 +167,18 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
     """
     now = now or timezone.now()
     skey, ukey = session_key(session_id), user_key(user_id)
-    found = safe_cache.get_many([skey, ukey, GENERATION_KEY])
+    subjects = ((RevocationKind.SESSION, str(session_id)), (RevocationKind.USER, str(user_id)))
+    found = safe_cache.get_many([skey, ukey, *_tombstones(*subjects), GENERATION_KEY], counted=[skey, ukey])
     generation = safe_cache.generation(found)
     state, snapshot = _fresh(found.get(skey), generation), _fresh(found.get(ukey), generation)
     if state is not None:
+        # "Ended" is final: trusted whatever else is known.
         if state["revoked"] or state["user"] != str(user_id) or state["exp"] <= now.timestamp():
             return None
-        if snapshot is not None:
-            return _user_from_entry(snapshot) if snapshot["is_active"] else None
+        if snapshot is not None and not snapshot["is_active"]:
+            return None
+        if snapshot is not None and _trusted(found, *subjects):
+            return _user_from_entry(snapshot)
 
     session = (
         Session.objects.select_related("user__profile", "user__referral_code")
@@ -188,9 +208,12 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
 def api_key_user_get(*, key_hash: str) -> tuple[User, uuid.UUID] | None:
     """(user, key id) for an active API key, or None. Warm cache: no SQL."""
     kkey = api_key_key(key_hash)
-    found = safe_cache.get_many([kkey, GENERATION_KEY])
+    subject = (RevocationKind.API_KEY, key_hash)
+    found = safe_cache.get_many([kkey, *_tombstones(subject), GENERATION_KEY], counted=[kkey])
     generation = safe_cache.generation(found)
     record = _fresh(found.get(kkey), generation)
+    if record is not None and not record["revoked"] and not _trusted(found, subject):
+        record = None  # revoked somewhere since it was cached, perhaps: ask PostgreSQL
     if record is None:
         key = ApiKey.objects.filter(key_hash=key_hash).only("id", "user_id", "revoked_at").first()
         if key is None:
@@ -208,10 +231,11 @@ def api_key_user_get(*, key_hash: str) -> tuple[User, uuid.UUID] | None:
 def user_get(*, user_id: uuid.UUID) -> User | None:
     """A user snapshot by id (cached)."""
     ukey = user_key(user_id)
-    found = safe_cache.get_many([ukey, GENERATION_KEY])
+    subject = (RevocationKind.USER, str(user_id))
+    found = safe_cache.get_many([ukey, *_tombstones(subject), GENERATION_KEY], counted=[ukey])
     generation = safe_cache.generation(found)
     snapshot = _fresh(found.get(ukey), generation)
-    if snapshot is not None:
+    if snapshot is not None and (not snapshot["is_active"] or _trusted(found, subject)):
         return _user_from_entry(snapshot)
     user = User.objects.select_related("profile", "referral_code").filter(pk=user_id).first()
     if user is not None:
@@ -221,3 +245,20 @@ def user_get(*, user_id: uuid.UUID) -> User | None:
 
 def user_api_keys(*, user_id: uuid.UUID) -> list[ApiKey]:
     return list(ApiKey.objects.filter(user_id=user_id, revoked_at__isnull=True).order_by("-created_at"))
+
+
+# --- login -------------------------------------------------------------------------------
+
+
+def user_for_login(*, email: str | None = None, username: str | None = None) -> User | None:
+    """The account a login names: one indexed read (case-insensitive), never cached
+    (the password hash is needed and is never cached)."""
+    users = User.objects.select_related("profile", "referral_code")
+    if email is not None:
+        return users.filter(email__lower=email.strip().lower()).first()
+    return users.filter(username__lower=(username or "").strip().lower()).first()
+
+
+def user_signed_in_from(*, user_id: uuid.UUID, ip: str | None) -> bool:
+    """Has this account signed in from this address before (a session row says so)?"""
+    return ip is not None and Session.objects.filter(user_id=user_id, ip=ip).exists()

@@ -25,7 +25,8 @@ from rest_framework.exceptions import ErrorDetail, ValidationError
 
 from accounts import touch
 from accounts.apikeys import api_key_hash, api_key_new, api_key_prefix
-from accounts.models import ApiKey, PublicUser, RefreshToken, Session, User, normalize_email
+from accounts.models import ApiKey, PublicUser, RefreshToken, RevocationKind, Session, User, normalize_email
+from accounts.revocations import revocation_record
 from accounts.selectors import api_key_cache_invalidate, session_cache_invalidate, user_cache_invalidate
 from accounts.tokens import (
     access_token_encode,
@@ -215,10 +216,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
             if not RefreshToken.objects.filter(parent=token, rotated_at__isnull=True).exists():
                 raise RefreshTokenRejected(reason="reused")
         else:
-            Session.objects.filter(pk=session.pk, revoked_at__isnull=True).update(
-                revoked_at=now, revoked_reason="refresh_reuse"
-            )
-            session_cache_invalidate(session_ids=[session.pk])
+            _sessions_revoke(sessions=Session.objects.filter(pk=session.pk), reason="refresh_reuse", now=now)
             reuse_detected = True
     if reuse_detected:
         # Raised after the commit: the revocation must stick.
@@ -238,8 +236,22 @@ def _sessions_revoke(*, sessions: QuerySet[Session], reason: str, now: datetime)
     if not ids:
         return 0
     count = Session.objects.filter(pk__in=ids, revoked_at__isnull=True).update(revoked_at=now, revoked_reason=reason)
+    revocation_record(kind=RevocationKind.SESSION, subjects=ids)
     session_cache_invalidate(session_ids=ids)
     return count
+
+
+def user_sessions_end(*, user_id: uuid.UUID, reason: str, keep_session_id: uuid.UUID | None = None) -> int:
+    """End every session of a user (but `keep_session_id`): password replaced, account disabled."""
+    sessions = Session.objects.filter(user_id=user_id)
+    if keep_session_id is not None:
+        sessions = sessions.exclude(pk=keep_session_id)
+    return _sessions_revoke(sessions=sessions, reason=reason, now=timezone.now())
+
+
+def user_revoke(*, user_id: uuid.UUID) -> None:
+    """The account was deactivated, banned or deleted: no cached state of it is trusted any more."""
+    revocation_record(kind=RevocationKind.USER, subjects=[user_id])
 
 
 def session_logout(
@@ -315,36 +327,29 @@ def user_signup(
     return replace(tokens, api_key=primary_key)
 
 
-def user_authenticate(*, password: str, email: str | None = None, username: str | None = None) -> User:
-    """One indexed read and one argon2id verify, whoever asks.
+def user_authenticate(*, user: User | None, password: str) -> User:
+    """One argon2id verify, whoever asks (the user was read by
+    selectors.user_for_login: one indexed read).
 
     Unknown users, users without a usable password and inactive users cost
     the same verify and get the same error as a wrong password.
     """
-    users = User.objects.select_related("profile", "referral_code")
-    if email is not None:
-        users = users.filter(email__lower=email.strip().lower())
-    else:
-        users = users.filter(username__lower=(username or "").strip().lower())
-    user = users.first()
     if user is None or not user.has_usable_password():
         password_verify_dummy(password=password)
         raise InvalidCredentials()
+    if not user.is_active:
+        # The same verify, but nothing written: a refused login changes
+        # nothing (no hash upgrade for a banned or deactivated account).
+        check_password(password, user.password)
+        raise InvalidCredentials()
     # check_password upgrades a PBKDF2/bcrypt/weaker-argon2 hash on success.
-    if not user.check_password(password) or not user.is_active:
+    if not user.check_password(password):
         raise InvalidCredentials()
     return user
 
 
-def user_login(
-    *,
-    password: str,
-    email: str | None = None,
-    username: str | None = None,
-    ip: str | None = None,
-    user_agent: str = "",
-) -> IssuedTokens:
-    user = user_authenticate(password=password, email=email, username=username)
+def session_login(*, user: User, ip: str | None = None, user_agent: str = "") -> IssuedTokens:
+    """A new session for an authenticated user (last_login written off the request path)."""
     now = timezone.now()
     tokens = session_start(user=user, ip=ip, user_agent=user_agent, now=now)
     touch.last_login(user_id=user.pk, when=now)
@@ -420,15 +425,12 @@ def user_change_password(
     # Plain check_password: no hash upgrade written for a password being replaced.
     if current_password is None and user.has_usable_password() and check_password(new_password, user.password):
         raise SamePassword()
-    encoded = make_password(new_password)  # hashed outside the transaction
+    user.set_password(new_password)  # hashed outside the transaction
+    user.keep_session_id = session_id
     with db_budget():
-        user.password = encoded
+        # The model announces the change (password_replaced), which ends the
+        # other sessions in this transaction: the same path as the admin's.
         user.save(update_fields=["password"])
-        _sessions_revoke(
-            sessions=Session.objects.filter(user=user).exclude(pk=session_id),
-            reason="password_change",
-            now=timezone.now(),
-        )
 
 
 # --- API keys ---------------------------------------------------------------------
@@ -461,15 +463,19 @@ def api_key_revoke(*, user_id: uuid.UUID, key_id: uuid.UUID, now: datetime | Non
     key = ApiKey.objects.filter(pk=key_id, user_id=user_id, revoked_at__isnull=True).first()
     if key is None:
         raise ApiKeyNotFound()
-    ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now or timezone.now())
+    with transaction.atomic():
+        ApiKey.objects.filter(pk=key.pk, revoked_at__isnull=True).update(revoked_at=now or timezone.now())
+        revocation_record(kind=RevocationKind.API_KEY, subjects=[key.key_hash])
     api_key_cache_invalidate(key_hashes=[key.key_hash])
 
 
 def api_keys_revoke(*, key_ids: list[uuid.UUID], now: datetime | None = None) -> int:
     """Operator revocation (admin action)."""
     keys = ApiKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True)
-    hashes = list(keys.values_list("key_hash", flat=True))
-    count = keys.update(revoked_at=now or timezone.now())
+    with transaction.atomic():
+        hashes = list(keys.values_list("key_hash", flat=True))
+        count = keys.update(revoked_at=now or timezone.now())
+        revocation_record(kind=RevocationKind.API_KEY, subjects=hashes)
     api_key_cache_invalidate(key_hashes=hashes)
     return count
 

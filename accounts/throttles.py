@@ -3,31 +3,56 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
+from velro.errors import RateLimited
 from velro.ratelimit import Rate, limiter
 
 
-def _account_buckets(ip: str | None, identifier: str) -> list[tuple[str, str, Rate]]:
-    account = identifier.strip().lower()
-    return [
-        ("login-fail-acct-ip", f"{account}|{ip or 'unknown'}", Rate.setting("RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP")),
-        ("login-fail-acct", account, Rate.setting("RATELIMIT_LOGIN_FAILURES_ACCOUNT")),
-    ]
+def login_account(*, user_id: uuid.UUID | None, identifier: str) -> str:
+    """The key of an account's failure budgets: the account itself, so its
+    email and its username share one budget; for an unknown identifier, the
+    identifier (there is no account to protect, only guesses to cap)."""
+    return f"user:{user_id}" if user_id is not None else f"unknown:{identifier.strip().lower()}"
 
 
-def login_guard(*, ip: str | None, identifier: str) -> None:
-    """Count the attempt against the IP and, in advance, as a failure against
-    the account: a burst of parallel guesses each takes a slot before its
-    password is checked, so no burst gets more checks than the limit allows.
-    login_succeeded() hands the account slot back."""
+def _account_ip(account: str, ip: str | None) -> tuple[str, str, Rate]:
+    return "login-fail-acct-ip", f"{account}|{ip or 'unknown'}", Rate.setting("RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP")
+
+
+def _account(account: str) -> tuple[str, str, Rate]:
+    return "login-fail-acct", account, Rate.setting("RATELIMIT_LOGIN_FAILURES_ACCOUNT")
+
+
+def login_ip_guard(*, ip: str | None) -> None:
     limiter.hit("login-ip", ip or "unknown", Rate.setting("RATELIMIT_LOGIN_IP"))
-    for bucket, ident, rate in _account_buckets(ip, identifier):
-        limiter.hit(bucket, ident, rate)
 
 
-def login_succeeded(*, ip: str | None, identifier: str) -> None:
-    for bucket, ident, rate in _account_buckets(ip, identifier):
-        limiter.add(bucket, ident, rate, amount=-1)
+def login_account_guard(*, ip: str | None, account: str, known_source: Callable[[], bool]) -> None:
+    """Count the attempt, in advance, as a failure against the account: a
+    burst of parallel guesses each takes a slot before its password is
+    checked, so no burst gets more checks than the limit allows.
+    login_succeeded() hands the slots back.
+
+    Two budgets: per account and source address (small: one address guessing
+    stops soon), and per account from anywhere (caps a distributed attack).
+    The second does not apply to an address the account has signed in from
+    before (`known_source`, asked only once it is exhausted): strangers
+    spreading failures over many addresses cannot lock the owner out
+    (OWASP: lockout as denial of service), while guessing from unknown
+    addresses stays capped."""
+    limiter.hit(*_account_ip(account, ip))
+    try:
+        limiter.hit(*_account(account))
+    except RateLimited:
+        if not known_source():
+            limiter.add(*_account_ip(account, ip), amount=-1)  # refused: no check was spent
+            raise
+
+
+def login_succeeded(*, ip: str | None, account: str) -> None:
+    limiter.add(*_account_ip(account, ip), amount=-1)
+    limiter.add(*_account(account), amount=-1)
 
 
 def signup_guard(*, ip: str | None) -> None:

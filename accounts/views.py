@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import selectors, services, throttles
+from accounts import flows, selectors, services, throttles
 from accounts.authentication import HasSession
 from accounts.serializers import (
     ApiKeyCreateInput,
@@ -31,7 +31,6 @@ from accounts.serializers import (
 )
 from monitoring import audit
 from monitoring.models import AuditEvent
-from velro.errors import InvalidCredentials, RefreshTokenReused
 from velro.net import client_ip, user_agent
 from velro.openapi import errors
 
@@ -74,22 +73,12 @@ class LoginView(PublicView):
     def post(self, request: Request) -> Response:
         data = LoginInput(data=request.data)
         data.is_valid(raise_exception=True)
-        ip = client_ip(request)
-        identifier = data.validated_data.get("email") or data.validated_data["username"]
-        throttles.login_guard(ip=ip, identifier=identifier)
-        try:
-            tokens = services.user_login(
-                email=data.validated_data.get("email"),
-                username=data.validated_data.get("username"),
-                password=data.validated_data["password"],
-                ip=ip,
-                user_agent=user_agent(request),
-            )
-        except InvalidCredentials:
-            audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier)
-            raise
-        throttles.login_succeeded(ip=ip, identifier=identifier)
-        audit.record(AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=tokens.user.pk, session=tokens.session_id)
+        tokens = flows.password_login(
+            request=request,
+            email=data.validated_data.get("email"),
+            username=data.validated_data.get("username"),
+            password=data.validated_data["password"],
+        )
         return Response(token_body(tokens))
 
 
@@ -103,12 +92,7 @@ class RefreshView(PublicView):
         throttles.refresh_guard(ip=client_ip(request))
         data = RefreshInput(data=request.data)
         data.is_valid(raise_exception=True)
-        try:
-            tokens = services.session_refresh(refresh_token=data.validated_data["refresh_token"])
-        except RefreshTokenReused as exc:
-            audit.record(AuditEvent.Kind.REFRESH_REUSE, request, user_id=exc.user_id)
-            raise
-        audit.record(AuditEvent.Kind.REFRESH, request, user_id=tokens.user.pk, session=tokens.session_id)
+        tokens = flows.token_refresh(request=request, refresh_token=data.validated_data["refresh_token"])
         return Response(token_body(tokens))
 
 

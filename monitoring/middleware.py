@@ -1,8 +1,14 @@
-"""Request context, timing and the fast lane.
+"""Request context, timing, the edge checks and the fast lane.
 
 RequestContextMiddleware (outermost): request id (X-Request-ID in and out),
 phase timings (db via an execute wrapper; cache and hash recorded by
 velro.cache and accounts.hashers), the `Server-Timing` header, request metrics.
+Before anything else reads the request, it answers the client mistakes that
+Django would otherwise raise deep inside another middleware or a view, and log
+at ERROR with a traceback (`check_request`): a body over the upload limit is a
+413 before a byte of it is read; a bad Host header or too many parameters, a
+400; in the error shape of the surface asked (GoTrue's under /auth/v1/),
+logged once at WARNING.
 
 The FastLane* classes are Django's session, CSRF, auth and messages
 middleware that step aside for the API and the probes: those routes
@@ -23,11 +29,14 @@ from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
 from django.contrib.messages.middleware import MessageMiddleware
 from django.contrib.sessions.middleware import SessionMiddleware
+from django.core.exceptions import BadRequest, RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
+from accounts.gotrue import errors as gotrue_errors
 from monitoring import context, metrics, slo
+from velro import errors
 from velro.db import breaker as db_breaker
 
 logger = logging.getLogger("velro.request")
@@ -37,6 +46,45 @@ FAST_LANE_PREFIXES = ("/api/", "/auth/v1/", "/health", "/metrics", "/__version")
 
 def is_fast_lane(path: str) -> bool:
     return path.startswith(FAST_LANE_PREFIXES)
+
+
+def check_request(request: HttpRequest) -> None:
+    """Raise the client mistake `request` carries, if any, before a middleware or a view meets it.
+
+    Django detects these lazily, wherever the Host header, the query string or the
+    body is first read (CommonMiddleware, CsrfViewMiddleware, a view...), and answers
+    with a 400 logged at ERROR with a traceback. A body over the limit is refused on
+    its Content-Length, unread (velro/wsgi.py then closes the connection rather than
+    drain it).
+    """
+    request.get_host()  # DisallowedHost
+    request.GET  # noqa: B018 - parsed now: TooManyFieldsSent (DATA_UPLOAD_MAX_NUMBER_FIELDS)
+    raw_length = request.META.get("CONTENT_LENGTH") or "0"
+    try:
+        length = int(raw_length)
+    except ValueError:
+        raise BadRequest("Invalid Content-Length header") from None
+    if length > errors.body_limit():
+        raise RequestDataTooBig(f"Content-Length: {length}")
+    if request.method == "POST" and not is_fast_lane(request.path_info):
+        # The admin's forms: TooManyFieldsSent, a malformed multipart body... here,
+        # not in CsrfViewMiddleware.process_view, where no middleware can catch them.
+        request.POST  # noqa: B018
+
+
+def reject_client_error(request: HttpRequest) -> HttpResponse | None:
+    """`check_request`'s error as a response in the surface's shape, logged once at WARNING; None if none."""
+    try:
+        check_request(request)
+    except Exception as exc:
+        surface = gotrue_errors if request.path_info.startswith("/auth/v1/") else errors
+        response = surface.client_error_response(request, exc)
+        if response is None:
+            raise
+        # Answered before CommonMiddleware, which would set it on the way out.
+        response["Content-Length"] = str(len(response.content))
+        return response
+    return None
 
 
 def _route(request: HttpRequest) -> str:
@@ -57,7 +105,7 @@ class RequestContextMiddleware:
         record = context.begin(context.request_id_from(request.META.get("HTTP_X_REQUEST_ID")))
         request.request_id = record.request_id
         with connection.execute_wrapper(_time_query), connection.execute_wrapper(db_breaker.guard):
-            response = self.get_response(request)
+            response = reject_client_error(request) or self.get_response(request)
         total = record.total_ms()
         response["X-Request-ID"] = record.request_id
         response["Server-Timing"] = server_timing(record, total)

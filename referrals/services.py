@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -42,6 +41,7 @@ from referrals.models import (
     ReferralStatus,
     RejectReason,
 )
+from velro.db import db_params
 from velro.tasks import enqueue_on_commit
 
 logger = logging.getLogger("velro.referrals")
@@ -65,7 +65,7 @@ def referral_code_create(*, user_id: uuid.UUID, now: datetime | None = None) -> 
             cursor.execute(
                 f"INSERT INTO {table} (user_id, code, credited_count, created_at) VALUES (%s, %s, 0, %s)"
                 " ON CONFLICT DO NOTHING RETURNING code",
-                [user_id, code, now],
+                db_params(ReferralCode, user=user_id, code=code, created_at=now),
             )
             if cursor.fetchone() is not None:
                 return code
@@ -230,7 +230,15 @@ def email_queue(*, kind: str, recipient_id: uuid.UUID, event_key: str, context: 
         cursor.execute(
             f"INSERT INTO {table} (event_key, kind, recipient_id, context, status, attempts, last_error, created_at)"
             " VALUES (%s, %s, %s, %s, %s, 0, '', %s) ON CONFLICT (event_key) DO NOTHING RETURNING id",
-            [event_key, kind, recipient_id, json.dumps(context), EmailStatus.PENDING, timezone.now()],
+            db_params(
+                EmailNotification,
+                event_key=event_key,
+                kind=kind,
+                recipient=recipient_id,
+                context=context,
+                status=EmailStatus.PENDING,
+                created_at=timezone.now(),
+            ),
         )
         row = cursor.fetchone()
     if row is None:

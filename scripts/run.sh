@@ -8,10 +8,14 @@
 #             else embedded SQLite in var/velro.sqlite3
 #   cache     Redis 127.0.0.1:6379/0, else a per-process local-memory cache
 #   broker    Redis 127.0.0.1:6379/1, else the filesystem broker in var/celery-broker
-#   email     SMTP on 127.0.0.1:1025 (e.g. Mailpit); mail is retried while nothing listens
+#   email     SMTP on 127.0.0.1:1025 (e.g. Mailpit), else a local mail catcher
+#             writing every message to var/mail/*.eml
 #
 # Variables already set in the environment (or in var/local.env) are kept,
-# e.g. DATABASE_URL, REDIS_URL, CELERY_BROKER_URL, BIND=0.0.0.0:8000, WEB_CONCURRENCY.
+# e.g. DATABASE_URL, REDIS_URL, CELERY_BROKER_URL, BIND=0.0.0.0:8000, WEB_CONCURRENCY;
+# one that names an unreachable address stops the script with one clear line.
+# The choices are written to var/run.env: ./scripts/manage.sh runs operator
+# commands (createsuperuser, ...) against exactly that stack.
 # It does not install PostgreSQL or Redis: ./scripts/test.sh does that.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -19,134 +23,56 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 
+# shellcheck source=scripts/local.sh
+source scripts/local.sh
+
 log() {
 	printf '[run] %s\n' "$*" >&2
 }
 
-banner() {
-	printf '[run] %s\n' \
-		'****************************************************************************' \
-		"$@" \
-		'****************************************************************************' >&2
+die() {
+	log "ERROR: $*"
+	exit 1
 }
-
-# KEY=VALUE lines (comments, blank lines, "export " and one level of quotes
-# allowed); a variable already in the environment wins over the file.
-load_env_file() {
-	local file=$1 line key value
-	while IFS= read -r line || [[ -n "$line" ]]; do
-		[[ "$line" =~ ^[[:space:]]*(#|$) ]] && continue
-		line="${line#export }"
-		key="${line%%=*}"
-		value="${line#*=}"
-		if [[ "$line" != *=* || ! "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]]; then
-			log "ignoring malformed line in $file: $line"
-			continue
-		fi
-		if [[ "$value" =~ ^\"(.*)\"$ || "$value" =~ ^\'(.*)\'$ ]]; then
-			value="${BASH_REMATCH[1]}"
-		fi
-		if [[ -z "${!key+set}" ]]; then
-			export "$key=$value"
-		fi
-	done <"$file"
-}
-
-mkdir -p var
-LOCAL_ENV=var/local.env
-if [[ -f "$LOCAL_ENV" ]]; then
-	load_env_file "$LOCAL_ENV"
-fi
 
 # --- Backing services (decided first, so the banners are on the first lines) ---
 
-sqlite_url="sqlite:///$PWD/var/velro.sqlite3"
-if [[ -z "${DATABASE_URL+set}" ]]; then
-	if pg_reachable; then
-		if create_db velro; then
-			DATABASE_URL=postgres://root@127.0.0.1:5432/velro
-			db_desc="PostgreSQL 127.0.0.1:5432/velro"
-		else
-			DATABASE_URL="$sqlite_url"
-			db_desc="SQLite var/velro.sqlite3"
-			banner "PostgreSQL on 127.0.0.1:5432 is up but role 'root' cannot use it: using embedded SQLite (var/velro.sqlite3)" \
-				"Fix: ./scripts/test.sh sets PostgreSQL up, or export DATABASE_URL=postgres://..."
-		fi
-	else
-		DATABASE_URL="$sqlite_url"
-		db_desc="SQLite var/velro.sqlite3"
-		banner "PostgreSQL not reachable on 127.0.0.1:5432: using embedded SQLite (var/velro.sqlite3)" \
-			"For PostgreSQL: start it (./scripts/test.sh installs it), or export DATABASE_URL=postgres://..."
-	fi
-else
-	db_desc="DATABASE_URL from the environment"
-fi
+local_env_load
+local_services_resolve || exit 1
+local_defaults_export
 
-redis_up=""
-if [[ -z "${REDIS_URL+set}" || -z "${CELERY_BROKER_URL+set}" ]] && redis_reachable; then
-	redis_up=1
-fi
-fallbacks=()
-if [[ -z "${CELERY_BROKER_URL+set}" ]]; then
-	if [[ -n "$redis_up" ]]; then
-		CELERY_BROKER_URL=redis://127.0.0.1:6379/1
-	elif [[ -n "${REDIS_URL:-}" ]]; then
-		# REDIS_URL given by the caller: the settings use it for the broker too.
-		CELERY_BROKER_URL="$REDIS_URL"
+# Email: the configured SMTP server if one listens; on this machine with none,
+# a local catcher that writes every message to var/mail/ (started below).
+mail_catcher=""
+case "$EMAIL_HOST" in
+127.0.0.1 | localhost | ::1)
+	if ! port_open "$EMAIL_HOST" "$EMAIL_PORT"; then
+		mail_catcher=1
+		mail_desc="local mail catcher on $EMAIL_HOST:$EMAIL_PORT: every email is written to var/mail/*.eml"
+		_local_banner "Nothing listens on SMTP $EMAIL_HOST:$EMAIL_PORT: starting a local mail catcher." \
+			"Emails are written to var/mail/*.eml (open them with any mail client or a text editor)."
 	else
-		CELERY_BROKER_URL=filesystem://
-		mkdir -p var/celery-broker
-		fallbacks+=("the filesystem Celery broker (var/celery-broker)")
+		mail_desc="SMTP $EMAIL_HOST:$EMAIL_PORT (e.g. Mailpit: http://localhost:8025/)"
 	fi
-fi
-if [[ -z "${REDIS_URL+set}" ]]; then
-	if [[ -n "$redis_up" ]]; then
-		REDIS_URL=redis://127.0.0.1:6379/0
-	else
-		# Empty: the settings fall back to a local-memory cache.
-		REDIS_URL=""
-		fallbacks=("a local-memory cache (per process)" "${fallbacks[@]}")
-	fi
-fi
-if ((${#fallbacks[@]} > 0)); then
-	banner "Redis not reachable on 127.0.0.1:6379: using ${fallbacks[0]}${fallbacks[1]:+ and ${fallbacks[1]}}" \
-		"For Redis: start redis-server (./scripts/test.sh installs it), or export REDIS_URL / CELERY_BROKER_URL"
-fi
+	;;
+*) mail_desc="SMTP $EMAIL_HOST:$EMAIL_PORT" ;;
+esac
 
 # --- Python environment and local secret ------------------------------------------
 
 ensure_venv requirements.txt
-export PATH="$PWD/.venv/bin:$PATH"
-
-if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then
-	if ! grep -q '^DJANGO_SECRET_KEY=' "$LOCAL_ENV" 2>/dev/null; then
-		log "generating a local secret key in $LOCAL_ENV"
-		(
-			umask 077
-			if [[ ! -f "$LOCAL_ENV" ]]; then
-				printf '# Local settings for ./scripts/run.sh (git-ignored). KEY=VALUE lines;\n' >"$LOCAL_ENV"
-				printf '# variables set in the environment take precedence.\n' >>"$LOCAL_ENV"
-			fi
-			printf 'DJANGO_SECRET_KEY=%s\n' "$(random_secret 64)" >>"$LOCAL_ENV"
-		)
-	fi
-	unset DJANGO_SECRET_KEY
-	load_env_file "$LOCAL_ENV"
-fi
-
-export DATABASE_URL REDIS_URL CELERY_BROKER_URL DJANGO_SECRET_KEY
-export DJANGO_SETTINGS_MODULE="${DJANGO_SETTINGS_MODULE:-velro.settings}"
-export DJANGO_DEBUG="${DJANGO_DEBUG:-false}"
-export DJANGO_ALLOWED_HOSTS="${DJANGO_ALLOWED_HOSTS:-localhost,127.0.0.1}"
-export EMAIL_HOST="${EMAIL_HOST:-127.0.0.1}"
-export EMAIL_PORT="${EMAIL_PORT:-1025}"
-export BIND="${BIND:-127.0.0.1:8000}"
+venv_bin="$(cd "$VENV_DIR" && pwd)/bin"
+export PATH="$venv_bin:$PATH"
+local_secret_ensure
 export PYTHONUNBUFFERED=1
+local_env_record
 
 # --- Database schema and static files ---------------------------------------------
 
-log "migrating ($db_desc)"
-python manage.py migrate --noinput
+log "migrating ($VELRO_DB_DESC)"
+if ! python manage.py migrate --noinput >var/migrate.log 2>&1; then
+	die "migrate failed on $VELRO_DB_DESC: $(grep -v '^[[:space:]]' var/migrate.log | tail -n 1) (full output: var/migrate.log)"
+fi
 log "collecting static files"
 python manage.py collectstatic --noinput >/dev/null
 
@@ -184,7 +110,7 @@ stop_all() {
 	trap 'force=1' INT TERM
 	local pid deadline=$((SECONDS + 30))
 	if ((${#pids[@]} > 0)); then
-		log "stopping web, worker and beat (Ctrl-C again to kill at once)"
+		log "stopping the stack (Ctrl-C again to kill at once)"
 		for pid in "${pids[@]}"; do
 			kill -TERM "$pid" 2>/dev/null || true
 		done
@@ -214,6 +140,9 @@ trap 'stop_all' EXIT
 # whole group, pool processes included, if they hang).
 set -m
 
+if [[ -n "$mail_catcher" ]]; then
+	start mail python -m velro.mailcatcher --host "$EMAIL_HOST" --port "$EMAIL_PORT" --dir var/mail
+fi
 start web gunicorn -c gunicorn.conf.py velro.wsgi:application
 start worker celery -A velro worker --loglevel=INFO --concurrency=2
 start beat celery -A velro beat --loglevel=INFO --schedule var/celerybeat-schedule
@@ -229,7 +158,9 @@ unix:*) url="$BIND" ;;
 	;;
 esac
 log "Velro: $url  (health: ${url}health, admin: ${url}admin/)"
-log "database: $db_desc; cache: ${REDIS_URL:-local memory}; broker: $CELERY_BROKER_URL"
+log "database: $VELRO_DB_DESC; cache: ${REDIS_URL:-local memory}; broker: $CELERY_BROKER_URL"
+log "email: $mail_desc"
+log "operator commands on this stack: ./scripts/manage.sh createsuperuser (any manage.py command)"
 log "Ctrl-C stops everything"
 
 status=0

@@ -329,6 +329,19 @@ _make_venv() {
 	fi
 }
 
+# One stamp per requirement file, named by a digest of the file's content and
+# the venv's Python: installing requirements-dev.txt (which includes
+# requirements.txt) stamps both, so run.sh and test.sh never reinstall each
+# other's set, and a changed file invalidates only its own stamp.
+_req_stamp() {
+	local file=$1
+	{
+		realpath "$file"
+		"$VENV_DIR/bin/python" -c 'import sys; print(sys.version)'
+		cat "$file"
+	} | sha256sum | cut -c1-32
+}
+
 ensure_venv() {
 	(($# > 0)) || set -- requirements.txt
 	local files
@@ -342,26 +355,16 @@ ensure_venv() {
 		_make_venv || return 1
 	fi
 
-	# The stamp covers the requirement files (and their includes), the file
-	# names asked for and the venv's Python version.
-	local digest stamp
-	digest="$(
-		{
-			printf 'args: %s\n' "$*"
-			"$VENV_DIR/bin/python" -c 'import sys; print(sys.version)'
-			while IFS= read -r f; do
-				printf '== %s\n' "$f"
-				cat "$f"
-			done <<<"$files"
-		} | sha256sum | cut -d' ' -f1
-	)"
-	stamp="$VENV_DIR/.installed-$digest"
-	if [[ -f "$stamp" ]]; then
+	local f missing=""
+	while IFS= read -r f; do
+		[[ -f "$VENV_DIR/.installed-$(_req_stamp "$f")" ]] || missing=1
+	done <<<"$files"
+	if [[ -z "$missing" ]]; then
 		_setup_log "$VENV_DIR up to date ($*)"
 		return 0
 	fi
 
-	local req_args=() f
+	local req_args=()
 	for f in "$@"; do
 		req_args+=(-r "$f")
 	done
@@ -372,13 +375,42 @@ ensure_venv() {
 	PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \
 		"$VENV_DIR/bin/python" -m pip install --quiet "${req_args[@]}" ||
 		_setup_die "pip install ${req_args[*]} failed" || return 1
-	# Old stamps describe requirement sets that may no longer match what is installed.
-	rm -f "$VENV_DIR"/.installed-*
-	: >"$stamp"
+	while IFS= read -r f; do
+		: >"$VENV_DIR/.installed-$(_req_stamp "$f")"
+	done <<<"$files"
 	_setup_log "$VENV_DIR ready ($*)"
 }
 
 # --- Misc ------------------------------------------------------------------------
+
+# 0 if the service a URL names accepts a TCP connection (3 s at most); otherwise
+# print "host:port (reason)" and return 1. URLs without a network address
+# (sqlite, filesystem, unix sockets) count as reachable. Standard library only:
+# it runs before the venv exists.
+url_unreachable_address() {
+	"${PYTHON:-python3}" - "$1" <<'PY'
+import socket
+import sys
+from urllib.parse import urlsplit
+
+url = urlsplit(sys.argv[1])
+ports = {"postgres": 5432, "postgresql": 5432, "pgsql": 5432, "redis": 6379, "rediss": 6379,
+         "amqp": 5672, "pyamqp": 5672, "smtp": 25}
+if url.scheme not in ports:
+    sys.exit(0)
+host, port = url.hostname or "localhost", url.port or ports[url.scheme]
+try:
+    socket.create_connection((host, port), timeout=3).close()
+except OSError as exc:
+    print(f"{host}:{port} ({exc.strerror or exc})")
+    sys.exit(1)
+PY
+}
+
+# 0 if something accepts TCP connections on HOST PORT (1 s at most).
+port_open() {
+	timeout 2 bash -c "exec 3<>/dev/tcp/$1/$2" >/dev/null 2>&1
+}
 
 random_secret() {
 	local length=${1:-50} py

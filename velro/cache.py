@@ -116,11 +116,14 @@ class SafeCache:
 
     # --- the operations the app uses ---------------------------------------------
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+    def get_many(self, keys: Iterable[str], *, counted: Iterable[str] | None = None) -> dict[str, Any]:
+        """`counted`: the keys whose hits and misses the metrics count (default:
+        all but the generation); markers read alongside (tombstones) are not."""
         keys = list(keys)
         found = self._call("get_many", lambda: self.backend.get_many(keys), {})
-        hits = sum(1 for key in keys if key in found and key != GENERATION_KEY)
-        misses = len([key for key in keys if key != GENERATION_KEY]) - hits
+        counted = [key for key in keys if key != GENERATION_KEY] if counted is None else list(counted)
+        hits = sum(1 for key in counted if key in found)
+        misses = len(counted) - hits
         self.stats["hits"] += hits
         self.stats["misses"] += misses
         CACHE.labels("hit").inc(hits)

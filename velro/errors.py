@@ -2,7 +2,10 @@
 
 Services raise ApiError subclasses; DRF's exceptions and database outages are
 translated here, so no input and no dependency failure becomes a 500 with a
-traceback.
+traceback. Client mistakes Django itself detects while reading a request (a
+body over the upload limit, too many parameters, a malformed multipart body, a
+Host header not in ALLOWED_HOSTS) are 4xx answers logged once at WARNING,
+without a traceback: see `client_error`.
 """
 
 from __future__ import annotations
@@ -10,8 +13,18 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import (
+    BadRequest,
+    DisallowedHost,
+    RequestDataTooBig,
+    SuspiciousOperation,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.db import InterfaceError, OperationalError
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, UnreadablePostError
+from django.http.multipartparser import MultiPartParserError
 from rest_framework import exceptions as drf
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -77,6 +90,12 @@ class RateLimited(ApiError):
     detail = "Too many requests; try again later"
 
 
+class PayloadTooLarge(ApiError):
+    status = 413
+    code = "payload_too_large"
+    detail = "Request body too large"
+
+
 class Unavailable(ApiError):
     status = 503
     code = "unavailable"
@@ -118,6 +137,92 @@ def unavailable_response() -> JsonResponse:
     return response
 
 
+# --- client mistakes detected by Django while it reads the request ------------------------
+
+# Django's fallback when DATA_UPLOAD_MAX_MEMORY_SIZE is None (no limit): the
+# edge check and the keep-alive drain (velro/wsgi.py) still need a bound.
+DEFAULT_BODY_LIMIT = 2_621_440
+
+
+def body_limit() -> int:
+    """The largest request body accepted, in bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)."""
+    limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    return DEFAULT_BODY_LIMIT if limit is None else int(limit)
+
+
+def payload_too_large() -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body exceeds the limit of {body_limit()} bytes")
+
+
+def client_error(exc: BaseException) -> ApiError | None:
+    """The 4xx answer for an exception Django raises on a client's mistake while it
+    reads the request, or None when `exc` is not one (a bug, an outage).
+
+    Django answers these itself with a 400, but logs most of them at ERROR with a
+    traceback (django.security.*), and RequestDataTooBig is a 413, not a 400.
+    """
+    if isinstance(exc, RequestDataTooBig):
+        return payload_too_large()
+    if isinstance(exc, DisallowedHost):
+        return ApiError("Invalid Host header")
+    if isinstance(exc, (TooManyFieldsSent, TooManyFilesSent)):
+        return ApiError("Too many parameters")
+    if isinstance(exc, MultiPartParserError):
+        return ApiError("Malformed multipart body")
+    if isinstance(exc, UnreadablePostError):
+        return ApiError("Request body could not be read")
+    if isinstance(exc, (SuspiciousOperation, BadRequest)):
+        return ApiError()
+    return None
+
+
+def _escaped(value: object) -> str:
+    # As Django's log_response does: a path or Host header cannot forge log lines.
+    return str(value).encode("unicode_escape").decode("ascii")
+
+
+def log_client_error(request: HttpRequest, exc: BaseException, error: ApiError, response: HttpResponse) -> None:
+    """One WARNING line, no traceback: a client's mistake is not the server's error.
+
+    SuspiciousOperations keep Django's logger name (django.security.<Class>), so
+    alerting on those loggers still sees them. The response is marked as logged,
+    so Django's own request logging does not add a second line for it.
+    """
+    if isinstance(exc, SuspiciousOperation):
+        log = logging.getLogger(f"django.security.{exc.__class__.__name__}")
+    else:
+        log = logger
+    log.warning(
+        "%s %s: %s (%s)",
+        error.status,
+        _escaped(request.path),
+        error.detail,
+        _escaped(exc),
+        extra={"status_code": error.status},
+    )
+    response._has_been_logged = True  # read by django.utils.log.log_response
+
+
+def client_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse | None:
+    """`client_error` as a logged JSON response in this module's shape (None: not a client error)."""
+    error = client_error(exc)
+    if error is None:
+        return None
+    response = JsonResponse(error_body(error.code, error.detail), status=error.status)
+    log_client_error(request, exc, error, response)
+    return response
+
+
+# --- DRF -----------------------------------------------------------------------------------
+
+
+def database_unavailable(exc: Exception) -> None:
+    """The one path from a database failure to the breaker, for every surface:
+    log it (no traceback: it is an outage, not a bug) and fail fast for a moment."""
+    logger.warning("database unavailable: %s", exc.__class__.__name__)
+    breaker.trip(exc)
+
+
 def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, ApiError):
         return Response(error_body(exc.code, exc.detail), status=exc.status, headers=exc.headers)
@@ -129,8 +234,7 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
     if isinstance(exc, (OperationalError, InterfaceError)):
         # Statement/lock timeout, or the database is down: answer fast and
         # tell the client when to retry instead of surfacing a traceback.
-        logger.warning("database unavailable: %s", exc.__class__.__name__, exc_info=False)
-        breaker.trip(exc)
+        database_unavailable(exc)
         return Response(
             error_body(Unavailable.code, Unavailable.detail),
             status=503,
@@ -148,11 +252,17 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
         else:
             detail = exc.detail if isinstance(exc.detail, str) else _flatten(exc.detail)
         return Response(error_body(code, str(detail)), status=exc.status_code, headers=headers)
+    client = client_error(exc)
+    if client is not None:
+        response = Response(error_body(client.code, client.detail), status=client.status)
+        log_client_error(context["request"], exc, client, response)
+        return response
     return None  # anything else is a bug: Django logs it and json_500 answers
 
 
 class DatabaseUnavailableMiddleware:
-    """Turns a database outage outside DRF views (admin, middleware) into 503 JSON."""
+    """Turns a database outage outside DRF views (admin, middleware) into 503 JSON,
+    and a client mistake Django detects in a view (admin) into a logged 4xx."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
@@ -162,10 +272,9 @@ class DatabaseUnavailableMiddleware:
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> JsonResponse | None:
         if isinstance(exception, (OperationalError, InterfaceError)):
-            logger.warning("database unavailable: %s", exception.__class__.__name__)
-            breaker.trip(exception)
+            database_unavailable(exception)
             return unavailable_response()
-        return None
+        return client_error_response(request, exception)
 
 
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

@@ -107,6 +107,11 @@ else:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters")
 
 ALLOWED_HOSTS = _list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+# The largest request body accepted, in bytes (Django's default, 2.5 MiB): a
+# larger one is answered 413 unread and its connection closed. It also bounds
+# what velro/wsgi.py reads and discards of a body a view answered without
+# reading, to keep a keep-alive connection in sync.
+DATA_UPLOAD_MAX_MEMORY_SIZE = _int("REQUEST_BODY_MAX_BYTES", 2_621_440, minimum=1024)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -259,6 +264,8 @@ else:
 # --- Auth --------------------------------------------------------------------
 
 AUTH_USER_MODEL = "accounts.User"
+# The admin's sign-in: the API's rate limits and audit trail (accounts/backends.py).
+AUTHENTICATION_BACKENDS = ["accounts.backends.ThrottledModelBackend"]
 
 # argon2id at the OWASP minimum first; PBKDF2 (Django's old default) and
 # bcrypt (Supabase exports) still verify and are upgraded on the next login.
@@ -294,6 +301,15 @@ JWT_LEEWAY_SECONDS = _int("JWT_LEEWAY_SECONDS", 5)
 ACCESS_TOKEN_TTL_SECONDS = _int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30)
 REFRESH_TOKEN_TTL_SECONDS = _int("REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=60)
 REFRESH_REUSE_GRACE_SECONDS = _int("REFRESH_REUSE_GRACE_SECONDS", 10)
+# The revocation feed (accounts/revocations.py): every web process polls
+# PostgreSQL for revocations this often, so a logout on a node that cannot
+# reach Redis still ends the session everywhere. A process whose last good
+# poll is older than the max lag trusts no cached "active" entry. 0 = off
+# (one process only, e.g. tests that drive the feed by hand).
+REVOCATION_FEED_INTERVAL_SECONDS = _float("REVOCATION_FEED_INTERVAL_SECONDS", 0.5)
+REVOCATION_FEED_MAX_LAG_SECONDS = _float("REVOCATION_FEED_MAX_LAG_SECONDS", 1.0, minimum=0.1)
+if REVOCATION_FEED_INTERVAL_SECONDS and REVOCATION_FEED_MAX_LAG_SECONDS <= REVOCATION_FEED_INTERVAL_SECONDS:
+    raise ImproperlyConfigured("REVOCATION_FEED_MAX_LAG_SECONDS must exceed REVOCATION_FEED_INTERVAL_SECONDS")
 
 # Supabase Auth (GoTrue) compatibility surface under /auth/v1/ (accounts/gotrue/).
 # Its access tokens are signed HS256 with SUPABASE_JWT_SECRET, the project's
@@ -305,11 +321,32 @@ if SUPABASE_JWT_SECRET and len(SUPABASE_JWT_SECRET.encode()) < 32:
 # When set, every /auth/v1/ request (but health) must carry it as `apikey`.
 SUPABASE_ANON_KEY = _str("SUPABASE_ANON_KEY", "")
 GOTRUE_JWT_AUDIENCE = _str("GOTRUE_JWT_AUDIENCE", "authenticated")
-GOTRUE_ISSUER = _str("GOTRUE_ISSUER", "http://localhost:8000/auth/v1")
-# GoTrue's PUT /user changes the password on the session's word alone (its
-# default); true = a `current_password` is required too (GoTrue's
-# UPDATE_PASSWORD_REQUIRE_CURRENT_PASSWORD).
-GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = _bool("GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD", False)
+
+
+def _public_url_from_bind(bind: str) -> str:
+    """http://host:port for gunicorn's BIND (a wildcard address -> localhost)."""
+    if bind.startswith(("unix:", "fd://")):
+        return "http://localhost:8000"
+    host, _, port = bind.rpartition(":")
+    if not host:
+        host, port = bind, "8000"
+    if host in {"", "0.0.0.0", "[::]", "::"}:  # noqa: S104 - parsing, not binding
+        host = "localhost"
+    return f"http://{host}:{port or '8000'}"
+
+
+# The URL clients reach Velro at (what supabase-js is given as supabaseUrl).
+# Unset: derived from BIND, as gunicorn and ./scripts/run.sh use it.
+GOTRUE_SITE_URL = _url("GOTRUE_SITE_URL", "", schemes=("http", "https")).rstrip("/") or _public_url_from_bind(
+    _str("BIND", "127.0.0.1:8000")
+)
+# The `iss` of GoTrue access tokens: GoTrue's own is <site>/auth/v1.
+GOTRUE_ISSUER = _str("GOTRUE_ISSUER", "") or f"{GOTRUE_SITE_URL}/auth/v1"
+# PUT /auth/v1/user with a new password needs `current_password` too (hosted
+# Supabase's secure password change): otherwise a stolen 15-minute access
+# token becomes a permanent takeover. false = the session alone is proof
+# (self-hosted GoTrue's default), for apps that cannot send it.
+GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = _bool("GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD", True)
 # Browser origins allowed to call /auth/v1/ (CORS), "*" = any, as Supabase's
 # gateway answers. Bearer tokens only, no cookies: no ambient credentials to abuse.
 GOTRUE_CORS_ALLOWED_ORIGINS = _list("GOTRUE_CORS_ALLOWED_ORIGINS", "*")
@@ -350,8 +387,9 @@ DEFAULT_FROM_EMAIL = _str("DEFAULT_FROM_EMAIL", "Velro <no-reply@velro.local>")
 CELERY_BROKER_URL = _url(
     "CELERY_BROKER_URL",
     REDIS_URL or ("filesystem://" if DEBUG else None),
-    schemes=("redis", "rediss", "amqp", "pyamqp", "filesystem"),
+    schemes=("redis", "rediss", "amqp", "amqps", "pyamqp", "filesystem"),
 )
+CELERY_BROKER_IS_RABBITMQ = urlsplit(CELERY_BROKER_URL).scheme in {"amqp", "amqps", "pyamqp"}
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -375,6 +413,41 @@ CELERY_BROKER_TRANSPORT_OPTIONS: dict = {
     # enqueue breaker and the sweeper handle a dead broker.
     "max_retries": 0,
 }
+if CELERY_BROKER_IS_RABBITMQ:
+    # RabbitMQ (README: "Durability settings for RabbitMQ"). py-amqp takes the
+    # transport options as its connection arguments; the Redis ones above mean
+    # nothing to it, so this is its own set.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Publisher confirms: a publish returns once RabbitMQ has the message
+        # (in the quorum queue's replicated log); a refused one raises, so the
+        # enqueue path counts it and the sweeper resends, instead of it
+        # vanishing after a "successful" basic.publish.
+        "confirm_publish": True,
+        # Fail fast from a request: connect (TCP + AMQP handshake) in 0.5 s, and
+        # a socket that stops moving (a black hole, or RabbitMQ blocking
+        # publishers on a memory/disk alarm while the confirm is awaited) raises
+        # within 1 s instead of hanging the request (kombu then closes the
+        # channel and the connection, 1 s each at most: ~3 s in all, once per
+        # outage thanks to the enqueue breaker).
+        "connect_timeout": 0.5,
+        "read_timeout": 1,
+        "write_timeout": 1,
+        "max_retries": 0,
+    }
+    # Durable, replicated queues: the default queue is declared as a quorum
+    # queue (always durable; messages fsynced and replicated before the confirm).
+    CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+    # Quorum queues have no global QoS: Celery turns it off when it sees one
+    # (prefetch stays concurrency x 1).
+    CELERY_WORKER_DETECT_QUORUM_QUEUES = True
+    # Retries with a countdown go through RabbitMQ's native delayed delivery
+    # (dead-lettering quorum queues) instead of sitting unacked in a worker,
+    # where they would block it and count against consumer_timeout. It needs a
+    # topic exchange in front of the queue.
+    CELERY_TASK_DEFAULT_EXCHANGE_TYPE = "topic"
+    CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
+    # Persistent messages (Celery's default, stated): survive a broker restart.
+    CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
 CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
@@ -407,13 +480,16 @@ CELERY_BEAT_SCHEDULE = {
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # Embedded fallback for local runs with no Redis: messages are files.
     _broker_dir = BASE_DIR / "var" / "celery-broker"
-    for _sub in ("out", "processed"):
+    for _sub in ("out", "processed", "control"):
         (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
         {
             "data_folder_in": str(_broker_dir / "out"),
             "data_folder_out": str(_broker_dir / "out"),
             "data_folder_processed": str(_broker_dir / "processed"),
+            # kombu's default is "control" relative to the working directory:
+            # a stray folder in the checkout.
+            "control_folder": str(_broker_dir / "control"),
         }
     )
 

@@ -33,6 +33,9 @@ from velro.errors import (
     RateLimited,
     RefreshTokenReused,
     Unavailable,
+    client_error,
+    database_unavailable,
+    log_client_error,
 )
 
 logger = logging.getLogger("velro.gotrue")
@@ -149,6 +152,7 @@ _BY_STATUS = {
     401: "no_authorization",
     403: "bad_jwt",
     404: "not_found",
+    413: "payload_too_large",
     422: "validation_failed",
     429: "over_request_rate_limit",
 }
@@ -183,7 +187,7 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
         return GoTrueError(429, "over_request_rate_limit", "Request rate limit reached", headers=exc.headers)
     if isinstance(exc, (Unavailable, OperationalError, InterfaceError)):
         if not isinstance(exc, ApiError):
-            logger.warning("database unavailable: %s", exc.__class__.__name__)
+            database_unavailable(exc)  # the native surface's path: the breaker trips here too
         return GoTrueError(503, "unexpected_failure", Unavailable.detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
     if isinstance(exc, Conflict) and exc.code == "email_taken":
         return GoTrueError(422, "user_already_exists", "User already registered")
@@ -208,8 +212,20 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
     return None
 
 
+def _from_client_error(client: ApiError) -> GoTrueError:
+    return GoTrueError(client.status, _BY_STATUS.get(client.status, client.code), client.detail)
+
+
 def gotrue_exception_handler(exc: Exception, context: dict) -> Response | None:
     error = gotrue_error(exc)
+    client = client_error(exc) if error is None else None
+    if client is not None:
+        # A body over the limit, too many parameters...: a client's mistake, one
+        # WARNING line without a traceback, answered in GoTrue's shape.
+        body, headers = error_body(context["request"], _from_client_error(client))
+        response = Response(body, status=client.status, headers=headers)
+        log_client_error(context["request"], exc, client, response)
+        return response
     if error is None:
         # A bug: logged with its traceback, answered like GoTrue does.
         logger.exception("unhandled error on the GoTrue surface", exc_info=exc)
@@ -220,11 +236,25 @@ def gotrue_exception_handler(exc: Exception, context: dict) -> Response | None:
     return Response(body, status=error.status_code, headers=headers)
 
 
-def gotrue_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
-    """Any /auth/v1/ route this server does not implement (OTP, OAuth, MFA, admin...)."""
-    error = GoTrueError(404, "not_found", f"/auth/v1/{path} is not supported by this server")
+def json_response(request: HttpRequest, error: GoTrueError) -> JsonResponse:
+    """A GoTrue error as a plain Django response (outside DRF's views)."""
     body, headers = error_body(request, error)
-    response = JsonResponse(body, status=404)
+    response = JsonResponse(body, status=error.status_code)
     for name, value in headers.items():
         response[name] = value
+    return response
+
+
+def gotrue_not_found(request: HttpRequest, path: str = "") -> JsonResponse:
+    """Any /auth/v1/ route this server does not implement (OTP, OAuth, MFA, admin...)."""
+    return json_response(request, GoTrueError(404, "not_found", f"/auth/v1/{path} is not supported by this server"))
+
+
+def client_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse | None:
+    """velro.errors.client_error in GoTrue's shape, logged (None: not a client error)."""
+    client = client_error(exc)
+    if client is None:
+        return None
+    response = json_response(request, _from_client_error(client))
+    log_client_error(request, exc, client, response)
     return response

@@ -21,7 +21,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import selectors, services, throttles
+from accounts import flows, selectors, services, throttles
 from accounts.gotrue.authentication import GoTrueTokenAuthentication, apikey_check
 from accounts.gotrue.errors import (
     API_VERSION_HEADER,
@@ -50,7 +50,6 @@ from accounts.gotrue.serializers import (
 from accounts.serializers import referral_code_clean
 from monitoring import audit
 from monitoring.models import AuditEvent
-from velro.errors import InvalidCredentials, RefreshTokenReused
 from velro.net import client_ip, user_agent
 
 LOGOUT_SCOPES = ("global", "local", "others")
@@ -213,17 +212,8 @@ class TokenView(PublicGoTrueView):
             if data.get("phone"):
                 raise GoTrueError(400, "phone_provider_disabled", "Phone logins are disabled")
             raise validation_failed("missing email or phone")
-        password = data.get("password") or ""
-        ip = client_ip(request)
-        throttles.login_guard(ip=ip, identifier=email)
-        try:
-            tokens = services.user_login(email=email, password=password, ip=ip, user_agent=user_agent(request))
-        except InvalidCredentials:
-            audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=email, surface=SURFACE)
-            raise
-        throttles.login_succeeded(ip=ip, identifier=email)
-        audit.record(
-            AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=tokens.user.pk, session=tokens.session_id, surface=SURFACE
+        tokens = flows.password_login(
+            request=request, email=email, password=data.get("password") or "", surface=SURFACE
         )
         return Response(session_body(tokens))
 
@@ -232,14 +222,7 @@ class TokenView(PublicGoTrueView):
         data = _valid(RefreshGrantInput, request)
         if not data.get("refresh_token"):
             raise validation_failed("refresh_token required")
-        try:
-            tokens = services.session_refresh(refresh_token=data["refresh_token"])
-        except RefreshTokenReused as exc:
-            audit.record(AuditEvent.Kind.REFRESH_REUSE, request, user_id=exc.user_id, surface=SURFACE)
-            raise
-        audit.record(
-            AuditEvent.Kind.REFRESH, request, user_id=tokens.user.pk, session=tokens.session_id, surface=SURFACE
-        )
+        tokens = flows.token_refresh(request=request, refresh_token=data["refresh_token"], surface=SURFACE)
         return Response(session_body(tokens))
 
 

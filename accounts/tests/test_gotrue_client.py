@@ -90,7 +90,7 @@ def test_update_user_merges_metadata_and_changes_the_password(client, make_clien
     client.update_user({"data": {"theme": "dark"}})
     updated = client.update_user({"data": {"locale": "fr"}})
     assert updated.user.user_metadata == {"theme": "dark", "locale": "fr"}
-    client.update_user({"password": STRONGER})
+    client.update_user({"password": STRONGER, "current_password": DEFAULT_PASSWORD})
     assert client.get_user().user.email == "update@example.com"  # this session survives the change
     fresh = make_client()
     with pytest.raises(AuthApiError):

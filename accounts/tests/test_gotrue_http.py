@@ -284,6 +284,7 @@ def test_inactive_user_gets_invalid_credentials(api, flavour):
     assert_gotrue_error(password_grant(api, user.email, **flavour), 400, "invalid_credentials", flavour)
 
 
+@pytest.mark.postgresql
 def test_password_grant_runs_the_native_login_budget_of_two_queries(api, user):
     password_grant(api, user.email)  # warm: the dummy hash, the first connection
     with CaptureQueriesContext(connection) as queries:
@@ -487,7 +488,8 @@ def test_put_user_merges_data_into_user_metadata(api, user):
 def test_put_user_with_a_password_changes_it_and_ends_the_other_sessions(api, user):
     this = session_for(api, user)
     other = session_for(api, user)
-    response = api.put(USER, {"password": STRONG}, format="json", **bearer(this["access_token"]))
+    change = {"password": STRONG, "current_password": DEFAULT_PASSWORD}
+    response = api.put(USER, change, format="json", **bearer(this["access_token"]))
     assert response.status_code == 200, response.content
     assert User.objects.get(pk=user.pk).check_password(STRONG)
     assert api.get(USER, **bearer(this["access_token"])).status_code == 200
@@ -496,7 +498,8 @@ def test_put_user_with_a_password_changes_it_and_ends_the_other_sessions(api, us
     assert password_grant(api, user.email, STRONG).status_code == 200
 
 
-def test_put_user_with_the_same_password_is_same_password(api, user, flavour):
+def test_put_user_with_the_same_password_is_same_password(api, user, settings, flavour):
+    settings.GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = False  # the opt-out: the session alone
     body = session_for(api, user)
     response = api.put(USER, {"password": DEFAULT_PASSWORD}, format="json", **bearer(body["access_token"], **flavour))
     assert_gotrue_error(response, 422, "same_password", flavour)
@@ -507,7 +510,8 @@ def test_put_user_with_the_same_password_is_same_password(api, user, flavour):
 
 def test_put_user_with_a_weak_password_is_weak_password(api, user, flavour):
     body = session_for(api, user)
-    response = api.put(USER, {"password": "short"}, format="json", **bearer(body["access_token"], **flavour))
+    weak = {"password": "short", "current_password": DEFAULT_PASSWORD}
+    response = api.put(USER, weak, format="json", **bearer(body["access_token"], **flavour))
     assert "length" in assert_gotrue_error(response, 422, "weak_password", flavour)["weak_password"]["reasons"]
     assert User.objects.get(pk=user.pk).check_password(DEFAULT_PASSWORD)
 
@@ -527,8 +531,7 @@ def test_put_user_with_a_wrong_current_password_is_refused(api, user, flavour):
     assert right.status_code == 200, right.content
 
 
-def test_the_current_password_can_be_required_for_a_password_change(api, user, settings, flavour):
-    settings.GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = True
+def test_a_password_change_needs_the_current_password_by_default(api, user, flavour):
     body = session_for(api, user)
     response = api.put(USER, {"password": STRONG}, format="json", **bearer(body["access_token"], **flavour))
     assert_gotrue_error(response, 400, "current_password_required", flavour)
@@ -536,6 +539,13 @@ def test_the_current_password_can_be_required_for_a_password_change(api, user, s
         USER, {"password": STRONG, "current_password": DEFAULT_PASSWORD}, format="json", **bearer(body["access_token"])
     )
     assert right.status_code == 200, right.content
+
+
+def test_the_session_alone_changes_the_password_only_when_the_operator_opts_out(api, user, settings):
+    settings.GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = False
+    body = session_for(api, user)
+    response = api.put(USER, {"password": STRONG}, format="json", **bearer(body["access_token"]))
+    assert response.status_code == 200, response.content
 
 
 def test_put_user_cannot_change_app_metadata_or_email(api, user):
@@ -552,8 +562,10 @@ def test_put_user_cannot_change_app_metadata_or_email(api, user):
 def test_password_changes_share_the_native_per_user_limit(api, user, settings, flavour):
     settings.RATELIMIT_PASSWORD_USER = (1, 900)
     body = session_for(api, user)
-    assert api.put(USER, {"password": STRONG}, format="json", **bearer(body["access_token"])).status_code == 200
-    response = api.put(USER, {"password": STRONG + " again"}, format="json", **bearer(body["access_token"], **flavour))
+    change = {"password": STRONG, "current_password": DEFAULT_PASSWORD}
+    assert api.put(USER, change, format="json", **bearer(body["access_token"])).status_code == 200
+    again = {"password": STRONG + " again", "current_password": STRONG}
+    response = api.put(USER, again, format="json", **bearer(body["access_token"], **flavour))
     assert_gotrue_error(response, 429, "over_request_rate_limit", flavour)
 
 
@@ -776,6 +788,7 @@ def stalled_inserts(table: str, seconds: int = 5) -> Iterator[None]:
             cursor.execute(f"DROP FUNCTION IF EXISTS {name}()")
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("versioned", [False, True])
 def test_a_stalled_database_is_unexpected_failure_503_with_retry_after(settings, versioned):
@@ -805,3 +818,21 @@ def test_a_short_supabase_jwt_secret_stops_the_process_at_start():
     good = _start("settings.GOTRUE_JWT_AUDIENCE", SUPABASE_JWT_SECRET="x" * 32)
     assert good.returncode == 0, good.stderr
     assert good.stdout.strip() == "authenticated"
+
+
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_stalled_database_trips_the_same_breaker_on_both_surfaces(settings):
+    from velro.db import breaker
+
+    settings.AUTH_STATEMENT_TIMEOUT_MS = 300
+    settings.DB_BREAKER_COOLDOWN_SECONDS = 30
+    with stalled_inserts("auth_sessions"):
+        response = APIClient().post(
+            SIGNUP, {"email": f"trip-{uuid.uuid4().hex[:8]}@example.com", "password": STRONG}, format="json"
+        )
+    try:
+        assert response.status_code == 503
+        assert breaker.open  # the next query in this process fails fast, as on /api/v1/
+    finally:
+        breaker.reset()

@@ -497,3 +497,34 @@ def test_peak_memory_does_not_grow_with_the_file(tmp_path):
     # each, several times that as dicts and model instances) would add well
     # over 4 MB. Streamed, the peak is the same to within a batch's noise.
     assert large_peak - small_peak < 1_000_000, (small_peak, large_peak)
+
+
+# --- re-imports and what operators did meanwhile ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("export", ["jsonl"], indirect=True)
+def test_re_importing_does_not_reactivate_a_user_an_operator_deactivated(export):
+    run(export)
+    alice = User.objects.get(pk=IDS["alice"])
+    alice.is_active = False
+    alice.save()
+    run(export)
+    assert User.objects.get(pk=IDS["alice"]).is_active is False
+
+
+@pytest.mark.parametrize("export", ["jsonl"], indirect=True)
+def test_a_ban_arriving_with_a_re_import_ends_the_users_sessions(export, hashes, tmp_path):
+    run(export)
+    api = APIClient()
+    tokens = login(api, "alice@example.com", ALICE_PASSWORD).json()
+    me = APIClient()
+    me.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens['access_token']}")
+    assert me.get("/api/v1/auth/me").status_code == 200  # warm
+    rows = export_rows(hashes)
+    for item in rows:
+        if item["id"] == IDS["alice"]:
+            item["banned_until"] = datetime.now(UTC) + timedelta(days=30)
+    run(write_jsonl(tmp_path / "banned.jsonl", rows))
+    assert me.get("/api/v1/auth/me").status_code == 401
+    refreshed = api.post("/api/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]}, format="json")
+    assert refreshed.status_code == 401

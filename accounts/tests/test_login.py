@@ -85,6 +85,7 @@ def test_wrong_password_verifies_exactly_one_hash_like_unknown_user(api, user, m
     assert len(calls) == 2
 
 
+@pytest.mark.postgresql
 def test_login_runs_at_most_two_queries_and_no_transaction_while_hashing(api, user, monkeypatch):
     depth_while_hashing: list[int] = []
     original = Argon2idPasswordHasher.verify

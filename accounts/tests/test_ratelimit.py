@@ -398,3 +398,96 @@ def test_limits_survive_a_redis_outage_with_per_process_counters():
     with pytest.raises(RateLimited):
         own.hit("test-outage", "client", rate)
     assert cache.stats["errors"] >= 1  # the counts really came from the fallback
+
+
+# --- owner lockout: strangers cannot lock the owner out -------------------------------------------------------------
+
+GOTRUE_TOKEN = "/auth/v1/token?grant_type=password"
+
+
+def gotrue_login(api, email: str, password: str = DEFAULT_PASSWORD, ip: str = "10.0.0.1"):
+    return api.post(GOTRUE_TOKEN, {"email": email, "password": password}, format="json", REMOTE_ADDR=ip)
+
+
+@pytest.fixture
+def spread_attack(settings):
+    """12 addresses x 5 wrong passwords: the per-account budget (50) is used up."""
+    settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP = (5, 300)
+    settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT = (50, 900)
+    settings.RATELIMIT_LOGIN_IP = (1000, 300)
+
+    def attack(api, email: str) -> list[int]:
+        return [
+            login(api, email, "wrong guess 123", ip=f"203.0.113.{address}").status_code
+            for address in range(12)
+            for _ in range(5)
+        ]
+
+    return attack
+
+
+@pytest.mark.parametrize("surface", ["native", "gotrue"])
+def test_an_attack_spread_over_many_addresses_does_not_lock_the_owner_out_of_a_known_address(
+    api, user, spread_attack, surface
+):
+    assert login(api, user.email, ip="198.51.100.7").status_code == 200  # the owner's usual address
+    statuses = spread_attack(api, user.email)
+    assert statuses.count(401) == 50 and statuses.count(429) == 10  # the attack is capped
+    sign_in = login if surface == "native" else gotrue_login
+    assert sign_in(api, user.email, ip="198.51.100.7").status_code == 200
+
+
+def test_guessing_from_an_unknown_address_stays_capped_once_the_account_budget_is_spent(
+    api, user, spread_attack, verify_calls
+):
+    spread_attack(api, user.email)
+    verify_calls.clear()
+    assert_rate_limited(login(api, user.email, "another guess 1", ip="192.0.2.99"), 900)
+    assert_rate_limited(login(api, user.email, ip="192.0.2.99"), 900)  # even the right password: unknown address
+    assert verify_calls == []  # refused before any hashing
+
+
+def test_the_email_and_the_username_of_one_account_share_one_failure_budget(api, settings):
+    settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP = (4, 300)
+    user = UserFactory(username="shared_budget")
+    ip = "10.0.0.1"  # login()'s address
+    for _ in range(2):
+        assert login(api, user.email, "nope nope 1").status_code == 401
+    for _ in range(2):
+        response = api.post(LOGIN, {"username": "shared_budget", "password": "nope 2"}, format="json", REMOTE_ADDR=ip)
+        assert response.status_code == 401
+    response = api.post(LOGIN, {"username": "Shared_Budget", "password": "nope 3"}, format="json", REMOTE_ADDR=ip)
+    assert_rate_limited(response, 300)
+    assert_rate_limited(login(api, user.email.upper(), "nope 4"), 300)
+
+
+# --- the admin's sign-in ----------------------------------------------------------------------------------------------
+
+
+def test_the_admin_login_is_rate_limited_and_audited_like_the_api(settings):
+    from django.test import Client
+
+    from monitoring import audit
+    from monitoring.models import AuditEvent
+
+    settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP = (5, 300)
+    staff = UserFactory(is_staff=True, is_superuser=True)
+    browser = Client(REMOTE_ADDR="203.0.113.50")
+    statuses = []
+    for _ in range(30):
+        response = browser.post("/admin/login/", {"username": staff.email, "password": "wrong admin pw"})
+        statuses.append(response.status_code)
+    assert statuses == [200] * 30  # the form again, with its error
+    right = browser.post("/admin/login/?next=/admin/", {"username": staff.email, "password": DEFAULT_PASSWORD})
+    assert right.status_code == 200  # refused: the address used up its budget on this account
+    assert "_auth_user_id" not in browser.session
+    audit.flush()
+    failures = AuditEvent.objects.filter(kind=AuditEvent.Kind.LOGIN_FAILURE, identifier=staff.email)
+    assert failures.count() == 5
+    assert failures.first().detail == {"surface": "admin"}
+    # Another address (where the owner is) still signs in.
+    owner = Client(REMOTE_ADDR="198.51.100.8")
+    response = owner.post("/admin/login/?next=/admin/", {"username": staff.email, "password": DEFAULT_PASSWORD})
+    assert response.status_code == 302
+    audit.flush()
+    assert AuditEvent.objects.filter(kind=AuditEvent.Kind.LOGIN_SUCCESS, user_id=staff.pk).exists()

@@ -130,6 +130,7 @@ def test_refresh_does_not_extend_the_sessions_absolute_expiry(api, user, login):
     assert Session.objects.get(user=user).expires_at == expires_at
 
 
+@pytest.mark.postgresql
 def test_raw_refresh_tokens_are_never_stored_only_their_sha256(api, user, login):
     first = login(user)
     second = refresh(api, first["refresh_token"]).json()
@@ -368,6 +369,7 @@ def _statements(queries: CaptureQueriesContext) -> list[str]:
     return [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
 
 
+@pytest.mark.postgresql
 def test_refresh_runs_at_most_three_sql_statements(api, user, login):
     first = login(user)
     with CaptureQueriesContext(connection) as queries:
@@ -448,6 +450,7 @@ def _lock_waiters() -> int:
         return cursor.fetchone()[0]
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_refreshes_queued_on_the_row_lock_are_serialised_into_one_successor(settings):
     """Both requests are provably waiting on the token's row lock at the same time."""

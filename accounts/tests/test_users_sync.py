@@ -514,6 +514,7 @@ def test_user_created_in_a_transaction_that_raises_leaves_neither_row():
     assert not PublicUser.objects.filter(email=email).exists()
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_mirror_insert_means_the_user_is_not_created_either(mirror_insert_fails):
     # Autocommit mode, no atomic() around the call: only User.save's own
@@ -528,6 +529,7 @@ def test_a_failing_mirror_insert_means_the_user_is_not_created_either(mirror_ins
     assert_mirror_matches(ok.pk)
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_mirror_update_means_the_user_change_is_not_saved(mirror_insert_fails):
     user = User.objects.create_user("stays@example.com", STRONG_PASSWORD)
@@ -538,6 +540,7 @@ def test_a_failing_mirror_update_means_the_user_change_is_not_saved(mirror_inser
     assert_mirror_matches(user.pk)
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_a_failing_mirror_insert_fails_the_api_signup_without_a_user_or_session(api, mirror_insert_fails):
     api.raise_request_exception = False  # the status code is not what this test is about
@@ -585,6 +588,7 @@ def test_sync_users_repairs_rows_edited_through_the_orm():
     assert (row.email, row.display_name) == ("true@example.com", "True Name")
 
 
+@pytest.mark.postgresql
 def test_sync_users_repairs_rows_edited_with_raw_sql():
     user = UserFactory(username="real_name")
     with connection.cursor() as cursor:

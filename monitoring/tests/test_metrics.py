@@ -6,22 +6,15 @@ itself; the multi-process test starts a real gunicorn with two workers.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from django.conf import settings as django_settings
 from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,12 +22,12 @@ from accounts.tests.factories import DEFAULT_PASSWORD
 from monitoring import pool, tasks
 from velro import tasks as velro_tasks
 from velro.celery import app as celery_app
+from velro.tests.support import http_get
 
 METRICS = "/metrics"
 LOGIN = "/api/v1/auth/login"
 ME = "/api/v1/auth/me"
 CLOSED_REDIS = "redis://127.0.0.1:1/0"
-BASE_DIR = Path(django_settings.BASE_DIR)
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -248,84 +241,10 @@ def test_metrics_allowed_networks_come_from_settings(client, settings):
 # --- several gunicorn workers ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)  # a new connection each time
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def database_url() -> str:
-    s = connection.settings_dict
-    auth = s["USER"] or ""
-    if s.get("PASSWORD"):
-        auth += f":{s['PASSWORD']}"
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
 @pytest.fixture
-def gunicorn_server(tmp_path):
+def gunicorn_server(start_gunicorn):
     """A real gunicorn, two workers, multiprocess metrics in a fresh directory."""
-    port = free_port()
-    metrics_dir = tmp_path / "prometheus"
-    metrics_dir.mkdir()
-    log_path = tmp_path / "gunicorn.log"
-    log = log_path.open("wb")
-    env = dict(os.environ)
-    env.pop("DJANGO_ENV_FILE", None)
-    env.update(
-        {
-            "DJANGO_SETTINGS_MODULE": "velro.settings",
-            "BIND": f"127.0.0.1:{port}",
-            "WEB_CONCURRENCY": "2",
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            "DATABASE_URL": database_url(),
-            "REDIS_URL": django_settings.REDIS_URL,
-            "CELERY_BROKER_URL": django_settings.CELERY_BROKER_URL,
-            "DJANGO_SECRET_KEY": django_settings.SECRET_KEY,
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-            "DJANGO_DEBUG": "false",
-            "DB_POOL_MIN_SIZE": "1",
-            "PYTHONPATH": str(BASE_DIR),
-        }
-    )
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py", "velro.wsgi:application"],
-        cwd=BASE_DIR,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, log_path.read_text()[-3000:]
-            try:
-                # /__version, not /health: the readiness polls must not count as /health requests.
-                if http_get(port, "/__version", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.2)
-        yield {"port": port, "metrics_dir": metrics_dir, "proc": proc, "log": log_path}
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        log.close()
+    return start_gunicorn(workers=2)
 
 
 def worker_pids(metrics_dir: Path) -> set[int]:
@@ -339,15 +258,15 @@ def worker_pids(metrics_dir: Path) -> set[int]:
 
 @pytest.mark.django_db(transaction=True)
 def test_metrics_sum_every_gunicorn_worker(gunicorn_server):
-    port, metrics_dir = gunicorn_server["port"], gunicorn_server["metrics_dir"]
+    port, metrics_dir = gunicorn_server.port, gunicorn_server.metrics_dir
     sent = 40
     with ThreadPoolExecutor(max_workers=8) as pool_:
         statuses = list(pool_.map(lambda _: http_get(port, "/health")[0], range(sent)))
     assert statuses == [200] * sent
 
     pids = worker_pids(metrics_dir)
-    assert len(pids) >= 2, (sorted(p.name for p in metrics_dir.iterdir()), gunicorn_server["log"].read_text()[-2000:])
-    assert gunicorn_server["proc"].pid not in pids  # the master serves nothing
+    assert len(pids) >= 2, (sorted(p.name for p in metrics_dir.iterdir()), gunicorn_server.log_tail(2000))
+    assert gunicorn_server.proc.pid not in pids  # the master serves nothing
 
     for _ in range(6):
         status, body = http_get(port, METRICS)
@@ -360,7 +279,7 @@ def test_metrics_sum_every_gunicorn_worker(gunicorn_server):
 
 @pytest.mark.django_db(transaction=True)
 def test_gunicorn_metrics_stay_restricted_and_health_works_over_http(gunicorn_server):
-    port = gunicorn_server["port"]
+    port = gunicorn_server.port
     status, body = http_get(port, "/health")
     assert status == 200
     assert json.loads(body) == {"status": "ok"}

@@ -257,7 +257,10 @@ class Worker:
 
 @pytest.fixture
 def celery_worker(smtp_server, tmp_path, settings) -> Iterator[Callable[..., Worker]]:
-    """Factory: `celery_worker(name="w1", concurrency=1, env={...}, wait=True) -> Worker`.
+    """Factory: `celery_worker(name="w1", concurrency=1, env={...}, wait=True, python=...) -> Worker`.
+
+    `python` is the interpreter the worker runs with (this test run's by default;
+    velro/tests/test_runtime_install.py passes a venv built from requirements.txt alone).
 
     The broker queue is purged once, when the fixture is set up, so a test may
     kill a worker and start another that gets the first one's unacked message.
@@ -288,11 +291,16 @@ def celery_worker(smtp_server, tmp_path, settings) -> Iterator[Callable[..., Wor
         base_env.pop(name, None)
 
     def start(
-        name: str = "w1", *, concurrency: int = 1, env: dict[str, str] | None = None, wait: bool = True
+        name: str = "w1",
+        *,
+        concurrency: int = 1,
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+        python: str | os.PathLike[str] = sys.executable,
     ) -> Worker:
         log_path = tmp_path / f"celery-{name}-{len(workers)}.log"
         command = [
-            sys.executable,
+            os.fspath(python),
             "-m",
             "celery",
             "-A",

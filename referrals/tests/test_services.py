@@ -783,6 +783,7 @@ def other_connection() -> psycopg.Connection:
     )
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_an_intent_locked_by_another_worker_is_skipped_without_waiting():
     referrer = UserFactory()
@@ -830,6 +831,7 @@ def run_concurrently(work, n: int = 6) -> list:
     return results
 
 
+@pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_processing_of_one_intent_credits_it_once():
     referrer = UserFactory()

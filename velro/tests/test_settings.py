@@ -316,3 +316,35 @@ def test_env_example_mentions_every_variable_the_settings_read():
     text = ENV_EXAMPLE.read_text()
     missing = sorted(name for name in _settings_names() if not _mentions(text, name))
     assert missing == [], f"read in velro/settings.py but not in .env.example: {missing}"
+
+
+# --- GoTrue issuer --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bind", "issuer"),
+    [
+        ("127.0.0.1:9000", "http://127.0.0.1:9000/auth/v1"),
+        ("0.0.0.0:8123", "http://localhost:8123/auth/v1"),
+    ],
+)
+def test_the_gotrue_issuer_follows_bind_when_no_site_url_is_given(bind, issuer):
+    result = _start("settings.GOTRUE_ISSUER", BIND=bind, GOTRUE_SITE_URL=None, GOTRUE_ISSUER=None)
+    assert _started(result) == issuer
+
+
+def test_the_gotrue_issuer_follows_the_site_url_and_an_explicit_issuer_wins():
+    site = _start("settings.GOTRUE_ISSUER", BIND="0.0.0.0:8000", GOTRUE_SITE_URL="https://auth.example.com/")
+    assert _started(site) == "https://auth.example.com/auth/v1"
+    explicit = _start("settings.GOTRUE_ISSUER", GOTRUE_SITE_URL="https://a.example", GOTRUE_ISSUER="https://b/auth/v1")
+    assert _started(explicit) == "https://b/auth/v1"
+
+
+# --- the file-system broker -------------------------------------------------------------------------------------------
+
+
+def test_the_file_system_broker_keeps_its_control_folder_under_var():
+    result = _start(
+        "settings.CELERY_BROKER_TRANSPORT_OPTIONS['control_folder']", CELERY_BROKER_URL="filesystem://", REDIS_URL=""
+    )
+    assert _started(result) == str(REPO / "var" / "celery-broker" / "control")

@@ -1,0 +1,85 @@
+"""What an auth operation does, in order, for both API surfaces.
+
+throttle -> service -> audit -> result. The native views (accounts.views) and
+the GoTrue views (accounts.gotrue.views) call these and differ only in their
+serializers and error mapping, so a rule added here holds on both.
+"""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+
+from accounts import selectors, services, throttles
+from accounts.models import User
+from accounts.services import IssuedTokens
+from monitoring import audit
+from monitoring.models import AuditEvent
+from velro.errors import InvalidCredentials, RefreshTokenReused
+from velro.net import client_ip, user_agent
+
+
+def _authenticate(
+    *, request: HttpRequest, password: str, email: str | None, username: str | None, surface: str
+) -> tuple[User, str]:
+    """Rate limits (per address; per account, owner-safe), one user read, one
+    argon2id verify; a failure is audited. Returns (user, account key)."""
+    ip = client_ip(request)
+    identifier = email if email is not None else (username or "")
+    throttles.login_ip_guard(ip=ip)
+    user = selectors.user_for_login(email=email, username=username)
+    account = throttles.login_account(user_id=user.pk if user else None, identifier=identifier)
+    throttles.login_account_guard(
+        ip=ip,
+        account=account,
+        known_source=lambda: user is not None and selectors.user_signed_in_from(user_id=user.pk, ip=ip),
+    )
+    try:
+        return services.user_authenticate(user=user, password=password), account
+    except InvalidCredentials:
+        audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **_surface(surface))
+        raise
+
+
+def password_login(
+    *,
+    request: HttpRequest,
+    password: str,
+    email: str | None = None,
+    username: str | None = None,
+    surface: str = "native",
+) -> IssuedTokens:
+    """Sign in with a password: the checks above, then the session insert."""
+    user, account = _authenticate(request=request, password=password, email=email, username=username, surface=surface)
+    tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
+    throttles.login_succeeded(ip=client_ip(request), account=account)
+    audit.record(
+        AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=user.pk, session=tokens.session_id, **_surface(surface)
+    )
+    return tokens
+
+
+def admin_login(*, request: HttpRequest, email: str, password: str) -> User:
+    """The Django admin's sign-in (accounts.backends): the API's limits and
+    audit trail, no API session. Raises InvalidCredentials / RateLimited."""
+    user, account = _authenticate(request=request, password=password, email=email, username=None, surface="admin")
+    throttles.login_succeeded(ip=client_ip(request), account=account)
+    audit.record(AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=user.pk, surface="admin")
+    return user
+
+
+def token_refresh(*, request: HttpRequest, refresh_token: str, surface: str = "native") -> IssuedTokens:
+    """Rotate, audit (a replay is audited as reuse). The per-address limit is
+    taken by the view before the body is parsed: throttles.refresh_guard."""
+    tag = _surface(surface)
+    try:
+        tokens = services.session_refresh(refresh_token=refresh_token)
+    except RefreshTokenReused as exc:
+        audit.record(AuditEvent.Kind.REFRESH_REUSE, request, user_id=exc.user_id, **tag)
+        raise
+    audit.record(AuditEvent.Kind.REFRESH, request, user_id=tokens.user.pk, session=tokens.session_id, **tag)
+    return tokens
+
+
+def _surface(surface: str) -> dict[str, str]:
+    # Native events carry no tag (as before the GoTrue surface existed).
+    return {} if surface == "native" else {"surface": surface}
