@@ -165,7 +165,7 @@ class RevocationFeed:
     def _run(self) -> None:
         interval = settings.REVOCATION_FEED_INTERVAL_SECONDS
         failing = False
-        while not self._stop.wait(interval):
+        while True:  # the first poll at once: until then no cached entry is trusted
             try:
                 self.poll()
                 if failing:
@@ -177,6 +177,8 @@ class RevocationFeed:
                 failing = True
             finally:
                 connection.close()  # this thread's connection goes back to the pool
+            if self._stop.wait(interval):
+                return
 
     def ensure_started(self) -> None:
         """One poller thread per process (started again in a forked child)."""

@@ -38,6 +38,7 @@ from accounts.gotrue import errors as gotrue_errors
 from monitoring import context, metrics, slo
 from velro import errors
 from velro.db import breaker as db_breaker
+from velro.net import is_trusted_caller
 
 logger = logging.getLogger("velro.request")
 
@@ -108,7 +109,9 @@ class RequestContextMiddleware:
             response = reject_client_error(request) or self.get_response(request)
         total = record.total_ms()
         response["X-Request-ID"] = record.request_id
-        response["Server-Timing"] = server_timing(record, total)
+        if is_trusted_caller(request):
+            # Phase timings tell hash kinds apart (bcrypt vs argon2id users): operators only.
+            response["Server-Timing"] = server_timing(record, total)
         route = _route(request)
         status = response.status_code
         metrics.observe_request(route=route, method=request.method or "", status=status, ms=total)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import platform
 import subprocess
 from datetime import UTC, datetime
@@ -13,7 +12,6 @@ import django
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.utils.crypto import constant_time_compare
 from django.views.decorators.http import require_GET
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -25,6 +23,7 @@ from rest_framework.views import APIView
 from monitoring import checks, context, metrics, slo
 from monitoring.middleware import is_fast_lane
 from velro.errors import error_body
+from velro.net import is_trusted_caller
 
 PROCESS_STARTED = datetime.now(UTC).isoformat()
 
@@ -62,9 +61,19 @@ class PingView(ProbeView):
     )
     def get(self, request: Request) -> Response:
         result = checks.readiness()
+        if not is_trusted_caller(request):
+            result = _public_readiness(result)
         if result["database"]["status"] == "ok":
             return Response(result)
         return Response(result, status=503, headers={"Retry-After": "2"})
+
+
+def _public_readiness(result: dict) -> dict:
+    """What a load balancer needs: the statuses, no error names, no pool internals."""
+    public = {key: result[key] for key in ("status", "checked_at") if key in result}
+    for name in ("database", "cache", "broker"):
+        public[name] = {"status": result[name]["status"]}
+    return public
 
 
 @cache
@@ -87,16 +96,15 @@ def _git_commit() -> str:
 
 @require_GET
 def version(request: HttpRequest) -> JsonResponse:
-    return JsonResponse(
-        {
-            "version": settings.VELRO_VERSION,
-            "commit": _git_commit(),
+    body = {"version": settings.VELRO_VERSION, "commit": _git_commit()}
+    if is_trusted_caller(request):  # the runtime's details are for operators only
+        body |= {
             "build_time": settings.BUILD_TIME or None,
             "process_started": PROCESS_STARTED,
             "python": platform.python_version(),
             "django": django.get_version(),
         }
-    )
+    return JsonResponse(body)
 
 
 class MiddlewareStatusOutput(serializers.Serializer):
@@ -110,6 +118,8 @@ class MiddlewareStatusView(ProbeView):
     @extend_schema(responses={200: MiddlewareStatusOutput}, summary="Which middleware ran for this request")
     def get(self, request: Request) -> Response:
         """Which middleware ran for this very request, and which stepped aside."""
+        if not is_trusted_caller(request):
+            return Response(error_body("not_found", "Not found"), status=404)
         record = context.current()
         skipped = record.middleware_skipped if record else []
         names = [path.rsplit(".", 1)[1] for path in settings.MIDDLEWARE]
@@ -124,21 +134,9 @@ class MiddlewareStatusView(ProbeView):
         )
 
 
-def _metrics_allowed(request: HttpRequest) -> bool:
-    token = settings.METRICS_TOKEN
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    if token and header.startswith("Bearer ") and constant_time_compare(header[7:], token):
-        return True
-    try:
-        remote = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
-    except ValueError:
-        return False
-    return any(remote in network for network in settings.METRICS_ALLOWED_NETWORKS)
-
-
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not _metrics_allowed(request):
+    if not is_trusted_caller(request):
         return JsonResponse(error_body("forbidden", "Metrics are restricted"), status=403)
     slo.publish()
     return HttpResponse(metrics.exposition(), content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -189,6 +189,14 @@ DB_POOL_TIMEOUT = _float("DB_POOL_TIMEOUT", 2.0)  # seconds a request may wait f
 DB_BREAKER_COOLDOWN_SECONDS = _float("DB_BREAKER_COOLDOWN_SECONDS", 1.0)
 # Without the pool: persistent connections, this many seconds.
 DB_CONN_MAX_AGE = _int("DB_CONN_MAX_AGE", 600)
+# Behind a transaction-pooling PgBouncer each transaction may run on another
+# server connection, so nothing may rely on the session: PgBouncer refuses the
+# libpq `options` startup parameter that carries the timeouts above, so they
+# are set on the server instead (ALTER ROLE ... IN DATABASE ... SET, by
+# `manage.py db_apply_timeouts`; `manage.py check --database default` warns
+# while they are not), and server-side cursors (WITH HOLD, which .iterator()
+# declares outside a transaction) and prepared statements are off.
+DB_PGBOUNCER = _bool("DB_PGBOUNCER", False)
 # The tighter budget of the auth transactions (signup, refresh, logout,
 # password change), applied with SET LOCAL (velro.db.db_budget).
 READINESS_TIMEOUT_MS = _int("READINESS_TIMEOUT_MS", 500, minimum=1)
@@ -199,14 +207,16 @@ AUTH_LOCK_TIMEOUT_MS = _int("AUTH_LOCK_TIMEOUT_MS", 500, minimum=1)
 if _db.get("ENGINE") == "django.db.backends.postgresql":
     _db["CONN_MAX_AGE"] = 0 if DB_POOL else DB_CONN_MAX_AGE
     _db["CONN_HEALTH_CHECKS"] = True  # with the pool: a connection is checked before it is lent
-    _db["OPTIONS"] = {
-        "connect_timeout": DB_CONNECT_TIMEOUT,
-        "options": (
+    _db["OPTIONS"] = {"connect_timeout": DB_CONNECT_TIMEOUT}
+    if DB_PGBOUNCER:
+        _db["OPTIONS"]["prepare_threshold"] = None  # no server-side prepared statements (Django's default too)
+        _db["DISABLE_SERVER_SIDE_CURSORS"] = True
+    else:
+        _db["OPTIONS"]["options"] = (
             f"-c statement_timeout={DB_STATEMENT_TIMEOUT_MS}"
             f" -c lock_timeout={DB_LOCK_TIMEOUT_MS}"
             f" -c idle_in_transaction_session_timeout={DB_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
-        ),
-    }
+        )
     if DB_POOL:
         if DB_POOL_MIN_SIZE > DB_POOL_MAX_SIZE:
             raise ImproperlyConfigured("DB_POOL_MIN_SIZE must be <= DB_POOL_MAX_SIZE")
@@ -448,6 +458,10 @@ if CELERY_BROKER_IS_RABBITMQ:
     CELERY_BROKER_NATIVE_DELAYED_DELIVERY_QUEUE_TYPE = "quorum"
     # Persistent messages (Celery's default, stated): survive a broker restart.
     CELERY_TASK_DEFAULT_DELIVERY_MODE = "persistent"
+    # No visibility timeout here: RabbitMQ redelivers an unacked (acks_late)
+    # message when its consumer's channel closes (a dead worker). Its
+    # consumer_timeout (default 30 min) closes the channel of a consumer holding
+    # a delivery longer than that: keep it above CELERY_TASK_TIME_LIMIT.
 CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
@@ -536,10 +550,23 @@ STORAGES = {
 
 # --- Security ------------------------------------------------------------------
 
+# W003 ("CsrfViewMiddleware not in MIDDLEWARE") is a false positive: our
+# FastLaneCsrfViewMiddleware is that class, stepping aside only for the JSON
+# API (bearer tokens, no cookies); the admin gets the full CSRF check.
+SILENCED_SYSTEM_CHECKS = ["security.W003"]
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SECURE_SSL_REDIRECT = _bool("DJANGO_SECURE_SSL_REDIRECT", False)
+# Production behind TLS (README: Production security): HSTS for a year outside
+# DEBUG (browsers ignore it over plain HTTP, so local runs are unaffected);
+# behind a TLS-terminating proxy, trust its X-Forwarded-Proto to know a request
+# was HTTPS (only when that proxy always sets it).
+SECURE_HSTS_SECONDS = _int("DJANGO_SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = _bool("DJANGO_SECURE_HSTS_PRELOAD", False)
+if _bool("DJANGO_SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SESSION_COOKIE_SECURE = _bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 CSRF_TRUSTED_ORIGINS = _list("DJANGO_CSRF_TRUSTED_ORIGINS", "")

@@ -34,6 +34,14 @@ def apikey_check(request: Request) -> None:
         raise GoTrueError(401, "no_authorization", "Invalid API key")
 
 
+def _public_reason(exc: Exception) -> str:
+    """GoTrue's wording, without the JWT library's own messages (which name
+    claims, algorithms and the library's internals to any caller)."""
+    if "expired" in str(exc).lower():
+        return "token has invalid claims: token is expired"
+    return "token is malformed or its signature is invalid"
+
+
 class GoTrueTokenAuthentication(BaseAuthentication):
     def authenticate(self, request: Request) -> tuple[User, AuthContext] | None:
         parts = get_authorization_header(request).split()
@@ -44,7 +52,7 @@ class GoTrueTokenAuthentication(BaseAuthentication):
         try:
             claims = gotrue_access_token_decode(parts[1].decode("ascii"))
         except (InvalidGoTrueToken, UnicodeDecodeError) as exc:
-            raise bad_jwt(str(exc) or "invalid token") from None
+            raise bad_jwt(_public_reason(exc)) from None
         user = session_user_get(session_id=claims.session_id, user_id=claims.user_id)
         if user is None:
             raise session_not_found()

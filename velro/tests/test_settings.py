@@ -348,3 +348,28 @@ def test_the_file_system_broker_keeps_its_control_folder_under_var():
         "settings.CELERY_BROKER_TRANSPORT_OPTIONS['control_folder']", CELERY_BROKER_URL="filesystem://", REDIS_URL=""
     )
     assert _started(result) == str(REPO / "var" / "celery-broker" / "control")
+
+
+# --- production security ------------------------------------------------------------------------------------------
+
+
+def test_a_production_configuration_passes_the_deploy_check_without_hsts_or_ssl_warnings():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=REPO,
+        env=_environment(
+            {"DJANGO_SECURE_SSL_REDIRECT": "true", "DJANGO_SECURE_PROXY_SSL_HEADER": "true", "DJANGO_DEBUG": "false"}
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    warnings = set(re.findall(r"\((security\.W\d+)\)", output))
+    # Left: HSTS for subdomains and preloading, which only the domain's owner can decide.
+    assert warnings <= {"security.W005", "security.W021"}, output
+
+
+def test_hsts_is_on_outside_debug_and_off_in_debug():
+    assert _started(_start("settings.SECURE_HSTS_SECONDS")) == "31536000"
+    assert _started(_start("settings.SECURE_HSTS_SECONDS", DJANGO_DEBUG="true")) == "0"
