@@ -9,6 +9,7 @@
 #                            (installs it with apt-get on a bare Debian box, starts it otherwise)
 #   ensure_redis             Redis on 127.0.0.1:6379 (installs redis-server if missing, starts it)
 #   ensure_venv REQFILE...   .venv with the requirement files installed (stamped: re-runs are fast)
+#   ensure_rabbitmq          RabbitMQ on 127.0.0.1:5672 (installs rabbitmq-server if missing, starts it)
 #   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
 #                            (installs it with apt-get if missing; fails soft: warns, returns 0)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
@@ -264,6 +265,37 @@ ensure_redis() {
 		return 1
 	fi
 	_setup_log "Redis ready on $VELRO_REDIS_HOST:$VELRO_REDIS_PORT"
+}
+
+# --- RabbitMQ (the RabbitMQ broker tests) --------------------------------------------
+
+rabbitmq_reachable() {
+	timeout 3 bash -c "exec 3<>/dev/tcp/127.0.0.1/5672" >/dev/null 2>&1
+}
+
+# RabbitMQ on 127.0.0.1:5672 (guest/guest, loopback) for the RabbitMQ broker tests.
+ensure_rabbitmq() {
+	if rabbitmq_reachable; then
+		_setup_log "RabbitMQ ready on 127.0.0.1:5672"
+		return 0
+	fi
+	if ! _have rabbitmq-server || ! _have rabbitmqctl; then
+		_setup_log "RabbitMQ not installed: installing it"
+		_apt_install rabbitmq-server || return 1
+		if _wait_for 20 rabbitmq_reachable; then
+			_setup_log "RabbitMQ ready on 127.0.0.1:5672"
+			return 0
+		fi
+	fi
+	_setup_log "starting rabbitmq-server"
+	(cd / && _as_root rabbitmq-server -detached) >/dev/null 2>&1 ||
+		_setup_log "rabbitmq-server -detached returned non-zero; waiting for it anyway"
+	if ! _wait_for 90 rabbitmq_reachable; then
+		_setup_die "RabbitMQ did not accept connections on 127.0.0.1:5672 within 90 s (see /var/log/rabbitmq/)"
+		return 1
+	fi
+	_as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || true
+	_setup_log "RabbitMQ ready on 127.0.0.1:5672"
 }
 
 # --- Chromium (admin browser test) ---------------------------------------------------

@@ -19,6 +19,7 @@ step() {
 
 ensure_postgres
 ensure_redis
+ensure_rabbitmq
 ensure_chromium
 ensure_venv requirements-dev.txt
 
