@@ -22,15 +22,23 @@ _DESCRIPTIONS = {
     404: "not_found",
     405: "method_not_allowed",
     409: "email_taken / username_taken",
+    413: "payload_too_large (body over REQUEST_BODY_MAX_BYTES; the connection is closed)",
     415: "unsupported_media_type (the API takes JSON)",
     429: "rate_limited, with Retry-After",
     503: "unavailable (database timed out or down), with Retry-After",
 }
 
 
+def with_body_limit(statuses: tuple[int, ...]) -> list[int]:
+    """Wherever a JSON body is read (415 listed), an oversized one is a 413."""
+    return sorted({*statuses, 413}) if 415 in statuses else sorted(statuses)
+
+
 def errors(*statuses: int) -> dict[int, OpenApiResponse]:
     """Error responses for a view; 400, 415, 503 are possible everywhere JSON is read."""
-    return {status: OpenApiResponse(ErrorOutput, description=_DESCRIPTIONS[status]) for status in statuses}
+    return {
+        status: OpenApiResponse(ErrorOutput, description=_DESCRIPTIONS[status]) for status in with_body_limit(statuses)
+    }
 
 
 class AccessTokenScheme(OpenApiAuthenticationExtension):

@@ -51,6 +51,7 @@ from accounts.serializers import referral_code_clean
 from monitoring import audit
 from monitoring.models import AuditEvent
 from velro.net import client_ip, user_agent
+from velro.openapi import with_body_limit
 
 LOGOUT_SCOPES = ("global", "local", "others")
 SURFACE = "gotrue"
@@ -145,7 +146,9 @@ def _new_password_length(password: str) -> None:
 
 
 def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
-    return {code: OpenApiResponse(GoTrueErrorOutput, description="GoTrue error body") for code in statuses}
+    return {
+        code: OpenApiResponse(GoTrueErrorOutput, description="GoTrue error body") for code in with_body_limit(statuses)
+    }
 
 
 class SignupView(PublicGoTrueView):

@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 
 from accounts import services
 from accounts.models import ApiKey, PublicUser, Session, User
+from accounts.tests.support import bearer
 from velro.cache import GENERATION_KEY, SafeCache, safe_cache
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -35,12 +36,6 @@ NEW_SECRET = "another quiet passphrase 77"
 
 
 # --- helpers ---------------------------------------------------------------------
-
-
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 def x_api_key(key: str) -> APIClient:

@@ -5,6 +5,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import bearer
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -15,12 +16,6 @@ PASSWORD = "/api/v1/auth/password"
 ME = "/api/v1/auth/me"
 
 NEW_PASSWORD = "a brand new passphrase 42"
-
-
-def bearer(access_token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token}")
-    return client
 
 
 def me_status(tokens: dict) -> int:

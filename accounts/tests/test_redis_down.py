@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import ApiKey
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import bearer
 from velro.cache import safe_cache
 from velro.ratelimit import limiter
 
@@ -47,12 +48,6 @@ CLOSED_PORT = "redis://127.0.0.1:1/0"
 @pytest.fixture
 def redis_down(point_cache_at):
     point_cache_at(CLOSED_PORT)
-
-
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
 
 
 def signup(email: str, password: str = SECRET):

@@ -19,6 +19,7 @@ from accounts import selectors, services
 from accounts.models import Revocation, RevocationKind, Session, User
 from accounts.revocations import RevocationFeed, feed, tombstone_key
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import api_login, bearer
 from velro.cache import safe_cache
 
 ME = "/api/v1/auth/me"
@@ -26,16 +27,8 @@ LOGIN = "/api/v1/auth/login"
 REFRESH = "/api/v1/auth/refresh"
 
 
-def bearer(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {token}")
-    return client
-
-
-def login(user: User, password: str = DEFAULT_PASSWORD) -> dict:
-    response = APIClient().post(LOGIN, {"email": user.email, "password": password}, format="json")
-    assert response.status_code == 200, response.content
-    return response.json()
+def login(user: User) -> dict:
+    return api_login(user.email)
 
 
 def run_between_read_and_cache_write(monkeypatch, action) -> None:

@@ -1,0 +1,23 @@
+"""Helpers the account tests share (one copy, not one per file)."""
+
+from __future__ import annotations
+
+from rest_framework.test import APIClient
+
+from accounts.tests.factories import DEFAULT_PASSWORD
+
+LOGIN = "/api/v1/auth/login"
+
+
+def bearer(access_token: str) -> APIClient:
+    """An APIClient sending `Authorization: Bearer <access_token>`."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {access_token}")
+    return client
+
+
+def api_login(email: str, password: str = DEFAULT_PASSWORD) -> dict:
+    """POST /login through the API; the token body (asserts it succeeded)."""
+    response = APIClient().post(LOGIN, {"email": email, "password": password}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
