@@ -58,3 +58,11 @@ def test_metrics_cannot_be_opened_through_a_proxy_hop_on_loopback(settings):
     token = {"HTTP_AUTHORIZATION": f"Bearer {settings.METRICS_TOKEN}"}
     assert Client().get("/metrics", **THROUGH_A_LOCAL_PROXY, **token).status_code == 200
     assert Client().get("/metrics", **LOCAL).status_code == 200
+
+
+@pytest.mark.django_db
+def test_a_staff_user_signed_in_to_the_admin_is_trusted_from_anywhere(admin_user):
+    browser = Client(**STRANGER)
+    browser.force_login(admin_user)
+    assert "Server-Timing" in browser.get("/admin/")
+    assert "Server-Timing" not in Client(**STRANGER).get("/admin/login/")
