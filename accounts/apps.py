@@ -7,4 +7,4 @@ class AccountsConfig(AppConfig):
 
     def ready(self) -> None:
         from accounts import signals  # noqa: F401  (connects the users-sync hooks)
-        from velro import openapi  # noqa: F401  (registers the schema's auth extensions)
+        from velro import db, openapi  # noqa: F401  (the database system checks; the schema's auth extensions)

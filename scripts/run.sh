@@ -69,6 +69,9 @@ local_env_record
 
 # --- Database schema and static files ---------------------------------------------
 
+if ! python manage.py db_apply_timeouts >var/db-timeouts.log 2>&1; then
+	die "db_apply_timeouts failed on $VELRO_DB_DESC: $(tail -n 1 var/db-timeouts.log) (full output: var/db-timeouts.log)"
+fi
 log "migrating ($VELRO_DB_DESC)"
 if ! python manage.py migrate --noinput >var/migrate.log 2>&1; then
 	die "migrate failed on $VELRO_DB_DESC: $(grep -v '^[[:space:]]' var/migrate.log | tail -n 1) (full output: var/migrate.log)"

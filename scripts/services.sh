@@ -10,6 +10,8 @@
 #   ensure_redis             Redis on 127.0.0.1:6379 (installs redis-server if missing, starts it)
 #   ensure_venv REQFILE...   .venv with the requirement files installed (stamped: re-runs are fast)
 #   ensure_rabbitmq          RabbitMQ on 127.0.0.1:5672 (installs rabbitmq-server if missing, starts it)
+#   ensure_pgbouncer         pgbouncer binary for velro/tests/test_pgbouncer.py (installs it if missing;
+#                            each test runs its own pgbouncer, the system service is not used)
 #   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
 #                            (installs it with apt-get if missing; fails soft: warns, returns 0)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
@@ -296,6 +298,17 @@ ensure_rabbitmq() {
 	fi
 	_as_root rabbitmqctl -q await_startup >/dev/null 2>&1 || true
 	_setup_log "RabbitMQ ready on 127.0.0.1:5672"
+}
+
+# --- PgBouncer (the PgBouncer tests start their own) ----------------------------------
+
+ensure_pgbouncer() {
+	if _have pgbouncer || [[ -x /usr/sbin/pgbouncer ]]; then
+		_setup_log "PgBouncer ready"
+		return 0
+	fi
+	_setup_log "PgBouncer not installed: installing it (the PgBouncer tests start their own)"
+	_apt_install pgbouncer || return 1
 }
 
 # --- Chromium (admin browser test) ---------------------------------------------------

@@ -21,6 +21,7 @@ ensure_postgres
 ensure_redis
 ensure_rabbitmq
 ensure_chromium
+ensure_pgbouncer
 ensure_venv requirements-dev.txt
 
 if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then

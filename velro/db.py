@@ -180,9 +180,8 @@ def check_server_timeouts(app_configs: Any = None, databases: Any = None, **kwar
             checks.Warning(
                 f"The database timeouts are set on the server, but this connection started before: {shown}.",
                 hint=(
-                    "PgBouncer keeps server connections opened before `manage.py db_apply_timeouts` with the old"
-                    " values until they close: run it again without --keep-sessions, or RECONNECT on the"
-                    " PgBouncer admin console (or restart PgBouncer)."
+                    "PgBouncer lends server connections opened before the timeouts were set on with the old values"
+                    " (up to server_lifetime): RECONNECT on the PgBouncer admin console (or restart PgBouncer)."
                 ),
                 id="velro.W002",
             )

@@ -9,6 +9,7 @@ overrides are applied (None = unset).
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import subprocess
@@ -373,3 +374,37 @@ def test_a_production_configuration_passes_the_deploy_check_without_hsts_or_ssl_
 def test_hsts_is_on_outside_debug_and_off_in_debug():
     assert _started(_start("settings.SECURE_HSTS_SECONDS")) == "31536000"
     assert _started(_start("settings.SECURE_HSTS_SECONDS", DJANGO_DEBUG="true")) == "0"
+
+
+# --- PgBouncer (transaction pooling) ------------------------------------------------------------------------------
+
+_DATABASE = (
+    "{k: v for k, v in settings.DATABASES['default'].items() if k in ('OPTIONS', 'DISABLE_SERVER_SIDE_CURSORS')}"
+)
+
+
+def _database(**overrides: str | None) -> dict:
+    """The OPTIONS and DISABLE_SERVER_SIDE_CURSORS of the default database, as started with `overrides`."""
+    return ast.literal_eval(_started(_start(_DATABASE, **overrides)))
+
+
+def test_without_pgbouncer_every_connection_sends_its_timeouts_as_options():
+    database = _database(DB_STATEMENT_TIMEOUT_MS="1234")
+    assert database["OPTIONS"]["options"] == (
+        "-c statement_timeout=1234 -c lock_timeout=1000 -c idle_in_transaction_session_timeout=10000"
+    )
+    assert "DISABLE_SERVER_SIDE_CURSORS" not in database
+
+
+def test_behind_pgbouncer_no_options_are_sent_and_prepared_statements_and_server_side_cursors_are_off():
+    database = _database(DB_PGBOUNCER="true")
+    assert "options" not in database["OPTIONS"]  # PgBouncer refuses the startup parameter
+    assert "prepare_threshold" in database["OPTIONS"]
+    assert database["OPTIONS"]["prepare_threshold"] is None
+    assert database["DISABLE_SERVER_SIDE_CURSORS"] is True
+    assert database["OPTIONS"]["pool"]["max_size"] == 4  # Django's pool still in front of PgBouncer
+
+
+@pytest.mark.parametrize("value", ["yes please", "2", "pgbouncer"])
+def test_a_pgbouncer_flag_that_is_not_a_boolean_stops_the_start(value):
+    _refused(_start(DB_PGBOUNCER=value), "DB_PGBOUNCER")

@@ -7,19 +7,24 @@ idle_in_transaction_session_timeout when Django connects directly. Behind it
 
     ALTER ROLE <current_user> IN DATABASE <current_database> SET statement_timeout = '3000ms'
 
-which every new session of that role there starts with, so every server
-connection PgBouncer opens carries them. Sessions that started before keep
-their old values until they end: the idle ones of this role in this database
-(PgBouncer's idle server connections, this command's own one included) are
-closed, and PgBouncer opens fresh ones (--keep-sessions to leave them).
+which every new session of that role there starts with. Sessions that started
+before keep their old values until they end, and PgBouncer lends its server
+connections on for up to server_lifetime (an hour by default), the one this
+very command runs on included: so after a change the idle
+sessions of this role in this database that predate it and come from the same
+address as the command's own (the PgBouncer) are ended (PgBouncer replaces an
+ended server connection with a fresh one), and the busy ones are counted
+(RECONNECT on the PgBouncer admin console replaces them gracefully).
+--keep-sessions leaves them all.
 
-Idempotent: values already in place change nothing and close nothing. With
+Idempotent: values already in place change nothing and end nothing. With
 DB_PGBOUNCER off every connection sends its timeouts itself; the command then
 does nothing unless given --force. --reset removes the three settings.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -29,15 +34,16 @@ from psycopg import sql
 
 from velro.db import TIMEOUT_SETTINGS, connection_timeouts, timeouts_stored
 
-# This role's sessions in this database that started before `since` (an
-# ALTER ROLE ... SET reaches new sessions only), except the one asking: the
-# idle ones are closed, the busy ones counted.
+# The sessions of this role in this database that started before a moment and
+# come from where the one asking comes from (the PgBouncer; app processes
+# connected straight to PostgreSQL elsewhere are left alone), except the one
+# asking: how many were idle and ended (when asked to), and how many there were.
 STALE_SESSIONS = """
-    SELECT count(*) FILTER (WHERE CASE WHEN state = 'idle' THEN pg_terminate_backend(pid) ELSE false END),
-           count(*) FILTER (WHERE state IS DISTINCT FROM 'idle')
+    SELECT count(*) FILTER (WHERE CASE WHEN %s AND state = 'idle' THEN pg_terminate_backend(pid) ELSE false END),
+           count(*)
     FROM pg_stat_activity
     WHERE usename = current_user AND datname = current_database() AND backend_type = 'client backend'
-      AND pid <> pg_backend_pid() AND backend_start < %s
+      AND client_addr IS NOT DISTINCT FROM inet_client_addr() AND pid <> pg_backend_pid() AND backend_start < %s
 """
 
 
@@ -59,7 +65,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--keep-sessions",
             action="store_true",
-            help="do not close this role's idle sessions that started before the change (they keep the old values)",
+            help="after a change, do not end the idle sessions that predate it (they keep the old values)",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -114,32 +120,37 @@ class Command(BaseCommand):
         for change, _ in changes:
             self.stdout.write(f"{where}: {change}")
         self.stdout.write(self.style.SUCCESS(f"db_apply_timeouts: {len(changes)} setting(s) changed for {where}"))
-        if settings.DB_PGBOUNCER and not options["keep_sessions"]:
-            self._close_stale_sessions(alias, where)
+        if settings.DB_PGBOUNCER:
+            self._end_stale_sessions(alias, where, end_idle=not options["keep_sessions"])
 
-    def _close_stale_sessions(self, alias: str, where: str) -> None:
-        """Close the sessions of this role here that predate the change (behind
-        PgBouncer: its idle server connections, which it would lend on for up
-        to server_lifetime with the old values), then this command's own."""
+    def _end_stale_sessions(self, alias: str, where: str, *, end_idle: bool) -> None:
         connection = connections[alias]
         with connection.cursor() as cursor:
-            cursor.execute("SELECT clock_timestamp()")
+            cursor.execute("SELECT clock_timestamp()")  # after the commit: later sessions start with the new values
             (since,) = cursor.fetchone()
-            cursor.execute(STALE_SESSIONS, [since])
-            closed, busy = cursor.fetchone()
-        try:
-            with connection.cursor() as cursor:
-                # The server connection this runs on started before the change too.
-                cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-        except DatabaseError:
-            pass  # the expected end of that session
-        finally:
-            connection.close()
-        self.stdout.write(f"{where}: closed {closed} idle session(s) that started before the change")
-        if busy:
+            cursor.execute(STALE_SESSIONS, [end_idle, since])
+            ended, stale = cursor.fetchone()
+        if end_idle:
+            try:
+                with connection.cursor() as cursor:
+                    # The server connection this runs on started before the change too.
+                    cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            except DatabaseError:
+                pass  # the expected end of that session
+            finally:
+                pool_log = logging.getLogger("psycopg.pool")
+                level = pool_log.level
+                pool_log.setLevel(logging.ERROR)  # not "discarding closed connection": we closed it
+                try:
+                    connection.close()
+                finally:
+                    pool_log.setLevel(level)
+            self.stdout.write(f"{where}: ended {ended + 1} idle session(s) that started before the change")
+        if stale - ended:
             self.stdout.write(
                 self.style.WARNING(
-                    f"{where}: {busy} busy session(s) that started before the change keep the old values until they"
-                    " end: RECONNECT on the PgBouncer admin console to replace them now"
+                    f"{where}: {stale - ended} session(s) that started before the change keep the old values until"
+                    " they end (behind PgBouncer: up to server_lifetime): RECONNECT on the PgBouncer admin console"
+                    " replaces them now"
                 )
             )
