@@ -46,6 +46,17 @@ GUNICORN = Path(sys.executable).parent / "gunicorn"
 HOST = "127.0.0.1"
 
 
+def user_exists(name: str) -> bool:
+    """Is there an account called `name` on this machine?"""
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -43,6 +43,7 @@ import yaml
 
 from referrals.tests.conftest import Worker, wait_until
 from velro.tests.runtime_venv import REPO, runtime_venv
+from velro.tests.support import user_exists
 
 pytestmark = pytest.mark.integration
 
@@ -246,14 +247,6 @@ class Image:
         return ["setpriv", f"--reuid={self.user}", f"--regid={group}", "--init-groups", "--", *command]
 
 
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
-
-
 def _created_user(command: str) -> str | None:
     """The account a `... && useradd [options] NAME` RUN step creates, if it is one."""
     for part in re.split(r"&&|;", command):
@@ -312,7 +305,7 @@ def replay(dockerfile: Path, context: Path, root: Path, build_args: dict[str, st
                 assert not re.search(r"&&|;|\|", command), f"{where}: the pip step must be a pip command alone"
                 image.venv = runtime_venv(tuple(words[1:]), requirements=image.path("requirements.txt"))
                 continue
-            if (account := _created_user(command)) and _user_exists(account):
+            if (account := _created_user(command)) and user_exists(account):
                 continue  # created by an earlier replay on this host
             if not account:
                 assert str(image.workdir) == "/" or str(image.workdir) not in command, (

@@ -36,7 +36,7 @@ from psycopg import sql
 
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from velro.db import TIMEOUT_SETTINGS, connection_timeouts, timeout_ms
-from velro.tests.support import BASE_DIR, HOST, free_port
+from velro.tests.support import BASE_DIR, HOST, free_port, user_exists
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
@@ -102,7 +102,7 @@ class PgBouncer:
         )
         command = [binary, str(ini)]
         if os.geteuid() == 0:  # pgbouncer will not run as root: it reads the ini, then switches user
-            command[1:1] = ["-u", "postgres" if _user_exists("postgres") else "nobody"]
+            command[1:1] = ["-u", "postgres" if user_exists("postgres") else "nobody"]
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT)
         try:
@@ -152,14 +152,6 @@ class PgBouncer:
         """A plain psycopg client of this pgbouncer (no `options`)."""
         params = {**self.params, "host": HOST, "port": self.port, "connect_timeout": 5, **options}
         return psycopg.connect(**params)
-
-
-def _user_exists(name: str) -> bool:
-    try:
-        pwd.getpwnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 @pytest.fixture
