@@ -486,6 +486,7 @@ except ValueError:
 CELERY_BEAT_SCHEDULE = {
     "monitoring-evaluate-slos": {"task": "monitoring.evaluate_slos", "schedule": 60.0},
     "referrals-sweep": {"task": "referrals.sweep", "schedule": float(REFERRAL_SWEEP_INTERVAL_SECONDS)},
+    "accounts-prune-revocations": {"task": "accounts.prune_revocations", "schedule": 3600.0},
     "referrals-nightly-sync": {
         "task": "referrals.nightly_sync",
         "schedule": crontab(hour=_sync_hour, minute=_sync_minute),

@@ -220,6 +220,13 @@ def test_old_feed_rows_are_pruned():
     assert list(Revocation.objects.values_list("subject", flat=True)) == ["new"]
 
 
+def test_beat_prunes_the_revocation_feed_hourly(settings):
+    from accounts.tasks import prune_revocations
+
+    entry = settings.CELERY_BEAT_SCHEDULE["accounts-prune-revocations"]
+    assert entry == {"task": prune_revocations.name, "schedule": 3600.0}
+
+
 # --- every path that replaces a password ends the other sessions ----------------------------------------
 
 
