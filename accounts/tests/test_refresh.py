@@ -429,6 +429,7 @@ def _assert_one_successor_and_identical_answers(raw: str, results: list, errors:
     assert claims_of(first["access_token"])["sid"] == claims_of(second["access_token"])["sid"]
 
 
+@pytest.mark.postgresql  # the row lock: SQLite's in-memory test database refuses, it does not wait
 @pytest.mark.django_db(transaction=True)
 def test_two_concurrent_refreshes_of_one_token_get_the_same_single_successor():
     user = UserFactory()
