@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from accounts.revocations import feed as revocation_feed
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from monitoring import audit, slo
+from monitoring import audit
 from monitoring.checks import readiness_reset
 from velro.cache import safe_cache
 from velro.db import breaker as db_breaker
@@ -36,7 +36,6 @@ def _reset_shared_state() -> None:
     enqueue_reset()
     db_breaker.reset()
     readiness_reset()
-    slo.reset()
     audit.flush_discard()
     revocation_feed.reset()
 
@@ -44,9 +43,9 @@ def _reset_shared_state() -> None:
 @pytest.fixture(autouse=True)
 def _isolation(settings):
     # Background writers stay off: tests flush by hand (touch.flush(),
-    # audit.flush(), slo.flush()); the audit buffer still buffers (< 0).
+    # audit.flush(), pool.pool_report()); the audit buffer still buffers (< 0).
     settings.TOUCH_FLUSH_INTERVAL_SECONDS = 0
-    settings.SLO_FLUSH_SECONDS = 0
+    settings.POOL_REPORT_SECONDS = 0
     settings.AUDIT_FLUSH_SECONDS = -1
     # The database breaker stays closed unless a test is about it
     # (velro/tests/test_db_breaker.py): timeout tests retry right away.

@@ -126,12 +126,9 @@ def post_worker_init(worker: Any) -> None:
     optimisation: a failure is logged and the worker serves anyway.
     """
     try:
-        from monitoring.warmup import warm_up
+        from velro.warmup import warm_up
     except ImportError as exc:
-        if getattr(exc, "name", None) in {"monitoring", "monitoring.warmup"}:
-            worker.log.info("warm-up skipped: monitoring.warmup is not available")
-        else:
-            worker.log.warning("warm-up skipped: importing monitoring.warmup failed: %s", exc)
+        worker.log.warning("warm-up skipped: importing velro.warmup failed: %s", exc)
         return
     try:
         warm_up()

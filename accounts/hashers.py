@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.hashers import Argon2PasswordHasher, BCryptPasswordHasher
 
-from monitoring.context import phase
+from velro.context import phase
 
 
 class Argon2idPasswordHasher(Argon2PasswordHasher):

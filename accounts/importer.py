@@ -15,7 +15,8 @@ is_anonymous; any others are ignored, all but `id` may be missing.
 - Deleted rows are skipped; banned users (banned_until in the future) are
   imported inactive; users without an address get `<id>@no-email.invalid`.
 - Rows are read lazily and written in batches (one transaction each: an
-  upsert of the users, of their mirror rows, the missing referral codes), so
+  upsert of the users and of their mirror rows; then events.users_imported,
+  whose receivers add their own rows, e.g. the missing referral codes), so
   memory stays flat whatever the file size; the importer exposes how many rows
   it ever held at once (`ImportReport.max_rows_held`).
 - Idempotent: a row is inserted, updated (only the fields that differ from
@@ -49,12 +50,10 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts import services
+from accounts.events import users_imported
 from accounts.gotrue.serializers import display_name_from
 from accounts.models import NO_EMAIL_DOMAIN, PublicUser, User, normalize_email
 from accounts.selectors import cache_invalidate, user_key
-from referrals.codes import referral_code_new
-from referrals.models import ReferralCode
-from referrals.services import referral_code_create
 
 BCRYPT_HASH = re.compile(r"^\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}$")
 BCRYPT_PREFIX = "bcrypt$"
@@ -496,7 +495,8 @@ class SupabaseUserImporter:
                 update_fields=list(WRITTEN_FIELDS),
             )
             self._mirror(changed)
-            self._referral_codes([user.pk for user in changed])
+            # Bulk writes send no post_save: other apps add their rows here.
+            users_imported.send(sender=User, user_ids=[user.pk for user in changed], now=self.now)
             cache_invalidate(user_key(user.pk) for user in updated)
             for user_id in password_replaced_ids:
                 services.user_sessions_end(user_id=user_id, reason="password_change")
@@ -582,22 +582,6 @@ class SupabaseUserImporter:
             unique_fields=["user"],
             update_fields=[*MIRRORED, "updated_at"],
         )
-
-    def _referral_codes(self, user_ids: list[uuid.UUID]) -> None:
-        """One code per user that has none: a bulk insert, then the rare
-        collision retried one by one (referral_code_create)."""
-        have = set(ReferralCode.objects.filter(user_id__in=user_ids).values_list("user_id", flat=True))
-        missing = [user_id for user_id in user_ids if user_id not in have]
-        if not missing:
-            return
-        ReferralCode.objects.bulk_create(
-            [ReferralCode(user_id=user_id, code=referral_code_new(), created_at=self.now) for user_id in missing],
-            ignore_conflicts=True,
-        )
-        have = set(ReferralCode.objects.filter(user_id__in=missing).values_list("user_id", flat=True))
-        for user_id in missing:
-            if user_id not in have:
-                referral_code_create(user_id=user_id, now=self.now)
 
 
 def import_supabase_users(

@@ -17,7 +17,8 @@ resurrect it. A token-authenticated request on a warm cache runs no SQL.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +82,47 @@ def api_key_cache_invalidate(*, key_hashes: Iterable[str]) -> None:
     cache_invalidate([api_key_key(key_hash) for key_hash in key_hashes])
 
 
+# --- extra user fields (filled in by other apps) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserField:
+    """A field another app adds to the user body and the cached snapshot.
+
+    `read(user)` gives the value from a user loaded with `related` (a
+    select_related path from User, or None): no query of its own, so login,
+    refresh and a cold /me keep their SQL budget.
+    """
+
+    name: str
+    read: Callable[[User], Any]
+    related: str | None = None
+
+
+_user_fields: dict[str, UserField] = {}
+
+
+def user_field_register(*, name: str, read: Callable[[User], Any], related: str | None = None) -> None:
+    """Called from another app's AppConfig.ready() (e.g. referrals: "referral_code")."""
+    if name in _CORE_ENTRY_KEYS:
+        raise ValueError(f"{name!r} is a core user field")
+    _user_fields[name] = UserField(name=name, read=read, related=related)
+
+
+def user_related(prefix: str = "") -> list[str]:
+    """select_related paths for a user read (`prefix`: the path to the user, e.g. "session__user")."""
+    paths = ["profile", *(field.related for field in _user_fields.values() if field.related)]
+    return [f"{prefix}__{path}" if prefix else path for path in paths]
+
+
+def user_field(user: User, name: str) -> Any:
+    """An extra field's value, from a cached snapshot or the row read with user_related()."""
+    if getattr(user, "is_cached_snapshot", False):
+        return user.cached_fields.get(name)
+    field = _user_fields.get(name)
+    return field.read(user) if field is not None else None
+
+
 # --- user snapshots --------------------------------------------------------------
 
 
@@ -97,7 +139,6 @@ def _user_entry(user: User, generation: int) -> dict[str, Any]:
         "is_superuser": user.is_superuser,
         "date_joined": user.date_joined.isoformat(),
         "role": profile.role if profile else Role.VIEWER,
-        "referral_code": user_referral_code(user),
         # Read by the GoTrue surface (GET /auth/v1/user and its token claims).
         "updated_at": _iso(user.updated_at),
         "last_login": _iso(user.last_login),
@@ -106,7 +147,33 @@ def _user_entry(user: User, generation: int) -> dict[str, Any]:
         "user_metadata": user.user_metadata,
         "app_metadata": user.app_metadata,
         "is_anonymous_user": user.is_anonymous_user,
+        # The extra fields, flat (the snapshot's shape does not depend on who adds them).
+        **{name: field.read(user) for name, field in _user_fields.items()},
     }
+
+
+# The snapshot's own keys: an extra field may not take one of these names.
+_CORE_ENTRY_KEYS = frozenset(
+    (
+        "g",
+        "id",
+        "email",
+        "username",
+        "display_name",
+        "is_active",
+        "is_staff",
+        "is_superuser",
+        "date_joined",
+        "role",
+        "updated_at",
+        "last_login",
+        "email_confirmed_at",
+        "phone",
+        "user_metadata",
+        "app_metadata",
+        "is_anonymous_user",
+    )
+)
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -142,18 +209,8 @@ def _user_from_entry(entry: dict[str, Any]) -> User:
     user.profile = PublicUser(
         user=user, email=user.email, username=user.username, display_name=user.display_name, role=entry["role"]
     )
-    user.cached_referral_code = entry.get("referral_code")
+    user.cached_fields = {name: entry.get(name) for name in _user_fields}
     return user
-
-
-def user_referral_code(user: User) -> str | None:
-    """The user's referral code, from a cached snapshot or the joined row."""
-    if getattr(user, "is_cached_snapshot", False):
-        return getattr(user, "cached_referral_code", None)
-    if getattr(user, "new_referral_code", None):
-        return user.new_referral_code  # just created (signup)
-    code = getattr(user, "referral_code", None)
-    return code.code if code is not None else None
 
 
 # --- token authentication ---------------------------------------------------------
@@ -180,11 +237,7 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
         if snapshot is not None and _trusted(found, *subjects):
             return _user_from_entry(snapshot)
 
-    session = (
-        Session.objects.select_related("user__profile", "user__referral_code")
-        .filter(pk=session_id, user_id=user_id)
-        .first()
-    )
+    session = Session.objects.select_related(*user_related("user")).filter(pk=session_id, user_id=user_id).first()
     if session is None:
         return None
     user = session.user
@@ -237,7 +290,7 @@ def user_get(*, user_id: uuid.UUID) -> User | None:
     snapshot = _fresh(found.get(ukey), generation)
     if snapshot is not None and (not snapshot["is_active"] or _trusted(found, subject)):
         return _user_from_entry(snapshot)
-    user = User.objects.select_related("profile", "referral_code").filter(pk=user_id).first()
+    user = User.objects.select_related(*user_related()).filter(pk=user_id).first()
     if user is not None:
         safe_cache.set(ukey, _user_entry(user, generation))
     return user
@@ -253,7 +306,7 @@ def user_api_keys(*, user_id: uuid.UUID) -> list[ApiKey]:
 def user_for_login(*, email: str | None = None, username: str | None = None) -> User | None:
     """The account a login names: one indexed read (case-insensitive), never cached
     (the password hash is needed and is never cached)."""
-    users = User.objects.select_related("profile", "referral_code")
+    users = User.objects.select_related(*user_related())
     if email is not None:
         return users.filter(email__lower=email.strip().lower()).first()
     return users.filter(username__lower=(username or "").strip().lower()).first()

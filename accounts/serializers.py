@@ -10,7 +10,7 @@ from django.core.validators import RegexValidator
 from rest_framework import serializers
 
 from accounts.models import User
-from accounts.selectors import user_referral_code
+from accounts.selectors import user_field
 from accounts.services import IssuedTokens
 
 USERNAME_VALIDATOR = RegexValidator(
@@ -123,10 +123,11 @@ class UserOutput(serializers.Serializer):
     role = serializers.SerializerMethodField()
     display_name = serializers.CharField()
     created_at = serializers.DateTimeField(source="date_joined")
+    # Part of the contract; filled in by the referrals app (accounts.selectors.user_field_register).
     referral_code = serializers.SerializerMethodField()
 
     def get_referral_code(self, user: User) -> str | None:
-        return user_referral_code(user)
+        return user_field(user, "referral_code")
 
     def get_role(self, user: User) -> str:
         profile = getattr(user, "profile", None)

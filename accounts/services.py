@@ -25,16 +25,21 @@ from rest_framework.exceptions import ErrorDetail, ValidationError
 
 from accounts import touch
 from accounts.apikeys import api_key_hash, api_key_new, api_key_prefix
+from accounts.events import user_signed_up
 from accounts.models import ApiKey, PublicUser, RefreshToken, RevocationKind, Session, User, normalize_email
 from accounts.revocations import revocation_record
-from accounts.selectors import api_key_cache_invalidate, session_cache_invalidate, user_cache_invalidate
+from accounts.selectors import (
+    api_key_cache_invalidate,
+    session_cache_invalidate,
+    user_cache_invalidate,
+    user_related,
+)
 from accounts.tokens import (
     access_token_encode,
     refresh_token_hash,
     refresh_token_new,
     refresh_token_successor,
 )
-from referrals.services import referral_intent_record, welcome_email_queue
 from velro.db import db_budget
 from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken, RefreshTokenReused
 
@@ -195,7 +200,7 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
     with db_budget():
         token = (
             RefreshToken.objects.select_for_update(of=("self",))
-            .select_related("session__user__profile", "session__user__referral_code")
+            .select_related(*user_related("session__user"))
             .filter(token_hash=refresh_token_hash(refresh_token))
             .first()
         )
@@ -297,9 +302,10 @@ def user_signup(
     display_name: str = "",
     user_metadata: dict | None = None,
 ) -> IssuedTokens:
-    """Create the user, mirror, referral code, session and primary API key in one
-    transaction; record the referral intent and the welcome email there too, so
-    a broker outage delays that work but cannot lose it."""
+    """Create the user, mirror, session and primary API key in one transaction,
+    and announce it there (events.user_signed_up): the receivers (the referral
+    code, intent and welcome email) write in the same transaction, so a broker
+    outage delays that work but cannot lose it."""
     email = normalize_email(email)
     candidate = User(
         email=email, username=username or None, display_name=display_name, user_metadata=user_metadata or {}
@@ -319,9 +325,7 @@ def user_signup(
             candidate.save(force_insert=True)
             tokens = session_start(user=candidate, ip=ip, user_agent=user_agent, now=now)
             primary_key, _ = api_key_create(user=candidate, name="primary", is_primary=True, now=now)
-            if referral_code:
-                referral_intent_record(user=candidate, code=referral_code, now=now)
-            welcome_email_queue(user=candidate)
+            user_signed_up.send(sender=User, user=candidate, referral_code=referral_code or None, now=now)
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
     return replace(tokens, api_key=primary_key)
@@ -386,7 +390,7 @@ def user_update_profile(
     user_metadata: dict | _Unset = UNSET,
 ) -> User:
     """`user_metadata` is merged into the stored one (metadata_merge)."""
-    user = User.objects.select_related("profile", "referral_code").get(pk=user_id)
+    user = User.objects.select_related(*user_related()).get(pk=user_id)
     changed = []
     if not isinstance(user_metadata, _Unset):
         merged = metadata_merge(user.user_metadata, user_metadata)

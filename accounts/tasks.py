@@ -5,9 +5,17 @@ from __future__ import annotations
 from celery import shared_task
 
 from accounts.revocations import revocations_prune
+from accounts.services import public_users_repair
 
 
 @shared_task(name="accounts.prune_revocations", acks_late=True, ignore_result=True)
 def prune_revocations() -> int:
     """Drop revocation-feed rows no web process needs any more (older than a day)."""
     return revocations_prune()
+
+
+@shared_task(name="accounts.repair_mirror", acks_late=True, reject_on_worker_lost=True)
+def repair_mirror() -> dict[str, int]:
+    """The nightly users-sync repair (what `manage.py sync_users` does): backfill and fix mirror rows."""
+    report = public_users_repair()
+    return {"created": len(report.created), "updated": len(report.updated), "unchanged": report.unchanged}

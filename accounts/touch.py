@@ -1,40 +1,57 @@
 """Coalesced, off-request-path timestamp writes: `last_login`, `last_used_at`.
 
 A login or an API-key request must not pay for an UPDATE (and its row lock)
-just to record a time. Requests put (row, time) into a per-process buffer; a
-daemon thread writes the buffer every TOUCH_FLUSH_INTERVAL_SECONDS in one
-transaction, one UPDATE per row however many requests touched it. Losing the
-last seconds of timestamps when a worker is killed is acceptable: these
-fields are informational, sessions and keys hold the truth.
+just to record a time. Requests put (row, time) into a per-process buffer
+(velro.background.BufferedWriter); a daemon thread writes the buffer every
+TOUCH_FLUSH_INTERVAL_SECONDS in one transaction, one UPDATE per row however
+many requests touched it. Losing the last seconds of timestamps when a worker
+is killed is acceptable: these fields are informational, sessions and keys hold the truth.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import uuid
+from collections.abc import Hashable
 from datetime import datetime
 from typing import Literal
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import transaction
 
-from velro.background import PeriodicFlusher
+from velro.background import BufferedWriter
 
 logger = logging.getLogger("velro.touch")
 
 Field = Literal["user.last_login", "apikey.last_used_at"]
 
-_lock = threading.Lock()
-_pending: dict[tuple[Field, uuid.UUID], datetime] = {}
+
+def _write_row(field: Field, pk: uuid.UUID, when: datetime) -> None:
+    from accounts.models import ApiKey, User
+
+    model, column = (User, "last_login") if field == "user.last_login" else (ApiKey, "last_used_at")
+    # Never move a timestamp backwards (two workers, out-of-order flushes).
+    model.objects.filter(pk=pk).exclude(**{f"{column}__gte": when}).update(**{column: when})
+
+
+def _write(batch: dict[Hashable, datetime]) -> None:
+    """One transaction, one UPDATE per row."""
+    with transaction.atomic():
+        for (field, pk), when in batch.items():
+            _write_row(field, pk, when)
+
+
+writer: BufferedWriter[datetime] = BufferedWriter(
+    "velro-touch",
+    _write,
+    interval=lambda: settings.TOUCH_FLUSH_INTERVAL_SECONDS,
+    logger=logger,
+    merge=max,  # the latest time per row wins
+)
 
 
 def mark(*, field: Field, pk: uuid.UUID, when: datetime) -> None:
-    with _lock:
-        key = (field, pk)
-        if _pending.get(key, when) <= when:
-            _pending[key] = when
-    flusher.ensure_started()
+    writer.add(when, key=(field, pk))
 
 
 def last_login(*, user_id: uuid.UUID, when: datetime) -> None:
@@ -46,36 +63,9 @@ def api_key_used(*, key_id: uuid.UUID, when: datetime) -> None:
 
 
 def pending() -> dict[tuple[Field, uuid.UUID], datetime]:
-    with _lock:
-        return dict(_pending)
-
-
-def _write(field: Field, pk: uuid.UUID, when: datetime) -> None:
-    from accounts.models import ApiKey, User
-
-    model, column = (User, "last_login") if field == "user.last_login" else (ApiKey, "last_used_at")
-    # Never move a timestamp backwards (two workers, out-of-order flushes).
-    model.objects.filter(pk=pk).exclude(**{f"{column}__gte": when}).update(**{column: when})
+    return writer.pending()  # type: ignore[return-value]
 
 
 def flush() -> int:
     """Write every buffered timestamp; return how many rows were touched."""
-    with _lock:
-        batch = dict(_pending)
-        _pending.clear()
-    if not batch:
-        return 0
-    try:
-        with transaction.atomic():
-            for (field, pk), when in batch.items():
-                _write(field, pk, when)
-    except DatabaseError:
-        logger.warning("timestamp flush failed; %d rows retried later", len(batch))
-        with _lock:
-            for key, when in batch.items():
-                _pending.setdefault(key, when)
-        return 0
-    return len(batch)
-
-
-flusher = PeriodicFlusher("velro-touch", flush, lambda: settings.TOUCH_FLUSH_INTERVAL_SECONDS)
+    return writer.flush()

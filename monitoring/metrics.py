@@ -4,6 +4,9 @@ With PROMETHEUS_MULTIPROC_DIR set (gunicorn.conf.py sets it for the web
 workers), prometheus-client writes each process's samples to files in that
 directory and /metrics aggregates them; without it, the in-process registry
 is used (tests, runserver).
+
+The SLOs are read from the request histogram and counter: by Prometheus
+(monitoring/prometheus/alerts.yml) and by monitoring.slo for /admin/slo/.
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import os
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from django.conf import settings
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+from velro.background import PeriodicFlusher
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -26,20 +32,12 @@ LOGINS = Counter("velro_login_outcomes_total", "Login outcomes", ["outcome"])
 CACHE = Counter("velro_cache_operations_total", "Cache lookups by result", ["result"])
 ENQUEUE_FAILURES = Counter("velro_celery_enqueue_failures_total", "Celery publishes that failed or were skipped")
 POOL = Gauge("velro_db_connections", "Database connections of this process", ["state"], multiprocess_mode="livesum")
-SLO = Gauge(
-    "velro_slo_latency_ms",
-    "Rolling latency percentiles per auth endpoint",
-    ["route", "quantile"],
-    multiprocess_mode="mostrecent",
-)
-SLO_SUCCESS = Gauge(
-    "velro_slo_success_ratio", "Rolling success ratio per auth endpoint", ["route"], multiprocess_mode="mostrecent"
-)
 
 
 def observe_request(*, route: str, method: str, status: int, ms: float) -> None:
     REQUESTS.labels(route, method, str(status)).inc()
     LATENCY.labels(route, method).observe(ms / 1000)
+    pool_reporter.ensure_started()
 
 
 def login_outcome(outcome: str) -> None:
@@ -47,9 +45,25 @@ def login_outcome(outcome: str) -> None:
     LOGINS.labels(outcome).inc()
 
 
-def exposition() -> bytes:
+def registry() -> CollectorRegistry:
+    """Every worker's samples (multiprocess mode), else this process's registry."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        return generate_latest(registry)
-    return generate_latest()
+        aggregated = CollectorRegistry()
+        multiprocess.MultiProcessCollector(aggregated)
+        return aggregated
+    return REGISTRY
+
+
+def exposition() -> bytes:
+    return generate_latest(registry())
+
+
+def _pool_report() -> None:
+    from monitoring.pool import pool_report
+
+    pool_report()
+
+
+# Each serving process logs its pool statistics (and sets the POOL gauges) every
+# POOL_REPORT_SECONDS; started by its first request.
+pool_reporter = PeriodicFlusher("velro-pool-report", _pool_report, lambda: settings.POOL_REPORT_SECONDS)

@@ -1,8 +1,8 @@
 """Request context, timing, the edge checks and the fast lane.
 
 RequestContextMiddleware (outermost): request id (X-Request-ID in and out),
-phase timings (db via an execute wrapper; cache and hash recorded by
-velro.cache and accounts.hashers), the `Server-Timing` header, request metrics.
+phase timings (velro.context; db via an execute wrapper; cache and hash
+recorded by velro.cache and accounts.hashers), the `Server-Timing` header, request metrics.
 Before anything else reads the request, it answers the client mistakes that
 Django would otherwise raise deep inside another middleware or a view, and log
 at ERROR with a traceback (`check_request`): a body over the upload limit is a
@@ -34,10 +34,9 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
-from accounts.gotrue import errors as gotrue_errors
-from monitoring import context, metrics, slo
-from velro import errors
-from velro.db import breaker as db_breaker
+from monitoring import metrics
+from velro import context, errors
+from velro.db import guard as db_guard
 from velro.net import is_trusted_caller
 
 logger = logging.getLogger("velro.request")
@@ -78,8 +77,8 @@ def reject_client_error(request: HttpRequest) -> HttpResponse | None:
     try:
         check_request(request)
     except Exception as exc:
-        surface = gotrue_errors if request.path_info.startswith("/auth/v1/") else errors
-        response = surface.client_error_response(request, exc)
+        # In the shape of the surface asked (velro.errors' registry: GoTrue's under /auth/v1/).
+        response = errors.client_error_response(request, exc)
         if response is None:
             raise
         # Answered before CommonMiddleware, which would set it on the way out.
@@ -105,7 +104,7 @@ class RequestContextMiddleware:
         # after the middleware chain, still carries the request id.
         record = context.begin(context.request_id_from(request.META.get("HTTP_X_REQUEST_ID")))
         request.request_id = record.request_id
-        with connection.execute_wrapper(_time_query), connection.execute_wrapper(db_breaker.guard):
+        with connection.execute_wrapper(_time_query), connection.execute_wrapper(db_guard):
             response = reject_client_error(request) or self.get_response(request)
         total = record.total_ms()
         response["X-Request-ID"] = record.request_id
@@ -117,8 +116,6 @@ class RequestContextMiddleware:
         metrics.observe_request(route=route, method=request.method or "", status=status, ms=total)
         if request.method == "POST" and _is_login(route, request):
             metrics.login_outcome(_login_outcome(status))
-        if slo.tracked(route):
-            slo.record(route, total, ok=status < 500)
         if settings.AUTH_TIMING_ENABLED and route.startswith("/api/v1/auth/"):
             logger.info(
                 "timing %s %s %s",

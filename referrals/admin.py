@@ -1,10 +1,13 @@
-"""The operator's window on referrals and notification emails.
+"""The operator's window on referrals, and the referral part of the user page.
 
-Everything here is read-only: a referral's status and referrer, a code's
-credit counter and an email's state are kept consistent by the services
-(conditional updates, the counter invariant `credited_count == credited
-referrals`). Operators change them only through the actions, which call the
-services: re-process / reject a referral, retry a failed email.
+Everything here is read-only: a referral's status and referrer and a code's
+credit counter are kept consistent by the services (conditional updates, the
+counter invariant `credited_count == credited referrals`). Operators change
+them only through the actions, which call the services: re-process / reject a
+referral. (The email outbox has its own page: notifications/admin.py.)
+
+The user page (accounts/admin.py) shows the user's code, counter, referrals
+and referrer: this module registers accounts' UserAdmin extended with them.
 
 Direct deletes from these pages are refused (deleting a credited referral
 would leave its referrer's counter wrong until the nightly sync); rows still
@@ -16,22 +19,20 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import CharField, F, Func, Q, QuerySet, Value
 from django.db.models.functions import Upper
 from django.db.models.lookups import Exact
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
+from accounts.admin import UserAdmin as AccountsUserAdmin
+from accounts.models import User
 from referrals import services
 from referrals.codes import referral_code_normalize
-from referrals.models import (
-    EmailNotification,
-    EmailStatus,
-    Referral,
-    ReferralCode,
-    ReferralIntent,
-)
+from referrals.models import Referral, ReferralCode, ReferralIntent
+from referrals.selectors import referral_counts
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -135,67 +136,6 @@ class ReferralIntentAdmin(ReadOnlyAdmin):
     readonly_fields = fields
 
 
-@admin.register(EmailNotification)
-class EmailNotificationAdmin(ReadOnlyAdmin):
-    list_display = (
-        "event_key",
-        "kind",
-        "recipient",
-        "status",
-        "attempts",
-        "last_error",
-        "created_at",
-        "sent_at",
-    )
-    list_filter = ("status", "kind", "created_at")
-    search_fields = ("event_key", "recipient__email")
-    list_select_related = ("recipient",)
-    ordering = ("-created_at",)
-    fields = (
-        "id",
-        "event_key",
-        "kind",
-        "recipient",
-        "context",
-        "status",
-        "attempts",
-        "last_error",
-        "created_at",
-        "claimed_at",
-        "sent_at",
-    )
-    readonly_fields = fields
-    actions = ["retry_failed"]
-
-    @admin.action(
-        description="Retry failed emails (back to pending, attempts reset; the sweeper sends them)",
-        permissions=["operate"],
-    )
-    def retry_failed(self, request: HttpRequest, queryset: QuerySet[EmailNotification]) -> None:
-        from referrals.tasks import send_email
-        from velro.tasks import enqueue_on_commit
-
-        # "Failed" also covers a row still pending that has used up its
-        # attempts: the sweeper no longer picks it up either.
-        retryable = Q(status=EmailStatus.FAILED) | Q(
-            status=EmailStatus.PENDING, attempts__gte=settings.EMAIL_MAX_ATTEMPTS
-        )
-        ids = list(queryset.filter(retryable).values_list("pk", flat=True))
-        # Conditional: a row that changed since the page was rendered is left alone.
-        changed = EmailNotification.objects.filter(retryable, pk__in=ids).update(
-            status=EmailStatus.PENDING, attempts=0, claimed_at=None
-        )
-        for notification_id in ids:
-            enqueue_on_commit(send_email, notification_id)  # a nudge; the sweeper is the guarantee
-        skipped = len(queryset) - changed
-        suffix = f" ({skipped} not failed, left alone)" if skipped else ""
-        self.message_user(
-            request,
-            f"Queued {changed} email(s) for another attempt{suffix}.",
-            messages.SUCCESS if changed else messages.INFO,
-        )
-
-
 @admin.register(ReferralCode)
 class ReferralCodeAdmin(ReadOnlyAdmin):
     list_display = ("code", "user", "credited_count", "created_at")
@@ -213,3 +153,80 @@ class ReferralCodeAdmin(ReadOnlyAdmin):
         if code:
             results = results | queryset.filter(code=code)
         return results, may_have_duplicates
+
+
+# --- the user page ------------------------------------------------------------------------------
+
+
+class ReferralsMadeInline(admin.TabularInline):
+    """The people this user referred. View-only: statuses change through the
+    Referral admin's actions, which keep the credit counter right."""
+
+    model = Referral
+    fk_name = "referrer"
+    extra = 0
+    can_delete = False
+    fields = ("referred", "code", "status", "reason", "created_at", "credited_at")
+    readonly_fields = fields
+    ordering = ("-created_at",)
+    show_change_link = True
+    verbose_name = "referral made"
+    verbose_name_plural = "referrals made"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Referral]:
+        return super().get_queryset(request).select_related("referred")
+
+
+REFERRAL_FIELDS = ("referral_code_display", "referral_credited", "referral_counts_display", "referred_by")
+
+
+class UserAdmin(AccountsUserAdmin):
+    """accounts' user page plus the user's code, counter, referrals and referrer."""
+
+    readonly_fields = (*AccountsUserAdmin.readonly_fields, *REFERRAL_FIELDS)
+    fieldsets = (*AccountsUserAdmin.fieldsets, ("Referrals", {"fields": REFERRAL_FIELDS}))
+    inlines = [*AccountsUserAdmin.inlines, ReferralsMadeInline]
+
+    @staticmethod
+    def _referral_code(user: User) -> ReferralCode | None:
+        try:
+            return user.referral_code
+        except ReferralCode.DoesNotExist:
+            return None  # created outside the ORM signals: the nightly sync gives it one
+
+    @admin.display(description="referral code")
+    def referral_code_display(self, user: User) -> str:
+        code = self._referral_code(user)
+        return code.code if code is not None else "- (none yet: the nightly sync creates it)"
+
+    @admin.display(description="credited referrals (counter)")
+    def referral_credited(self, user: User) -> str:
+        code = self._referral_code(user)
+        return str(code.credited_count) if code is not None else "-"
+
+    @admin.display(description="referrals made, by status")
+    def referral_counts_display(self, user: User) -> str:
+        counts = referral_counts(referrer_id=user.pk)
+        url = reverse("admin:referrals_referral_changelist") + f"?referrer__id__exact={user.pk}"
+        summary = ", ".join(f"{status}: {count}" for status, count in counts.items())
+        return format_html('{} (<a href="{}">all of them</a>)', summary, url)
+
+    @admin.display(description="referred by")
+    def referred_by(self, user: User) -> str:
+        referral = Referral.objects.filter(referred_id=user.pk).select_related("referrer").first()
+        if referral is None:
+            return "-"
+        url = reverse("admin:referrals_referral_change", args=[referral.pk])
+        who = referral.referrer.email if referral.referrer is not None else "nobody"
+        reason = f", {referral.get_reason_display()}" if referral.reason else ""
+        return format_html('{} (<a href="{}">{}{}</a>, code "{}")', who, url, referral.status, reason, referral.code)
+
+
+admin.site.unregister(User)
+admin.site.register(User, UserAdmin)

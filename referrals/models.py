@@ -1,4 +1,7 @@
-"""Referral codes, the durable referral intents, referral records, notification emails."""
+"""Referral codes, the durable referral intents, referral records.
+
+(The emails they cause are the notifications app's outbox.)
+"""
 
 from __future__ import annotations
 
@@ -102,46 +105,3 @@ class Referral(models.Model):
 
     def __str__(self) -> str:
         return f"referral of {self.referred_id} ({self.status})"
-
-
-class EmailKind(models.TextChoices):
-    WELCOME = "welcome", "Welcome"
-    REFERRAL_CREDITED = "referral_credited", "You referred someone"
-
-
-class EmailStatus(models.TextChoices):
-    PENDING = "pending", "Pending"
-    SENDING = "sending", "Sending"
-    SENT = "sent", "Sent"
-    FAILED = "failed", "Failed"
-
-
-class EmailNotification(models.Model):
-    """One email per event, recorded so it is sent at most once.
-
-    `event_key` is unique ("welcome:<user id>", "referral_credited:<referral id>"):
-    a second attempt to create the same email finds the first.
-    """
-
-    id = models.BigAutoField(primary_key=True)
-    event_key = models.CharField(max_length=100, unique=True)
-    kind = models.CharField(max_length=20, choices=EmailKind.choices)
-    recipient = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="emails")
-    context = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=10, choices=EmailStatus.choices, default=EmailStatus.PENDING)
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.CharField(max_length=300, blank=True, default="")
-    created_at = models.DateTimeField(default=timezone.now)
-    claimed_at = models.DateTimeField(null=True, blank=True)
-    # Set just before the SMTP conversation starts: a "sending" row without it
-    # was interrupted before anything could be delivered, so it is safe to
-    # send again; one with it may have been delivered, so it is not.
-    smtp_started_at = models.DateTimeField(null=True, blank=True)
-    sent_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        db_table = "email_notifications"
-        indexes = [models.Index(fields=["created_at"], name="email_pending", condition=models.Q(status="pending"))]
-
-    def __str__(self) -> str:
-        return self.event_key

@@ -6,7 +6,18 @@ import uuid
 
 from django.db.models import Count, QuerySet
 
+from accounts.models import User
 from referrals.models import Referral, ReferralCode, ReferralStatus
+
+
+def user_referral_code(user: User) -> str | None:
+    """The user's code for the user body (accounts.selectors.user_field "referral_code"):
+    the one just created (signup, set by the post_save hook in signals.py) or the row joined
+    with select_related("referral_code"); no query of its own."""
+    if getattr(user, "new_referral_code", None):
+        return user.new_referral_code
+    code = getattr(user, "referral_code", None)  # a missing reverse one-to-one reads as None
+    return code.code if code is not None else None
 
 
 def referral_code_get(*, user_id: uuid.UUID) -> str | None:

@@ -1,39 +1,36 @@
-"""Referral and notification-email work. Every step can run twice and change nothing.
+"""Referral work. Every step can run twice and change nothing.
 
-- codes: one per user, created with the user (post_save hook);
-- intents: written by signup in its own transaction (one INSERT, no lookups);
+- codes: one per user, created with the user (post_save hook), for imported
+  users in bulk (accounts.events.users_imported);
+- intents: written in the signup's own transaction (accounts.events.user_signed_up;
+  one INSERT, no lookups);
 - processing: a worker claims a pending intent (SELECT ... FOR UPDATE SKIP
   LOCKED), validates the code and records the Referral; crediting is a
   conditional UPDATE pending -> credited, so it happens exactly once however
   many workers, sweepers and nightly syncs race for it;
-- emails: one row per event (unique event_key); sending claims the row with a
-  conditional UPDATE pending -> sending first, so an email is sent at most once.
+- emails (welcome, "you referred"): queued in the notifications outbox, in the
+  same transaction as the event that causes them (notifications.services.email_queue).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
-from django.core.mail import EmailMultiAlternatives
 from django.db import connection, transaction
 from django.db.models import Count, F, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
-from django.template.loader import render_to_string
 from django.utils import timezone
 
 from accounts.models import User
 from accounts.selectors import user_cache_invalidate
+from notifications.models import EmailKind
+from notifications.services import email_queue
 from referrals.codes import referral_code_new, referral_code_normalize
 from referrals.models import (
-    EmailKind,
-    EmailNotification,
-    EmailStatus,
     IntentStatus,
     Referral,
     ReferralCode,
@@ -42,14 +39,8 @@ from referrals.models import (
     RejectReason,
 )
 from velro.db import db_params
-from velro.tasks import enqueue_on_commit
 
 logger = logging.getLogger("velro.referrals")
-
-SUBJECTS = {
-    EmailKind.WELCOME: "Welcome to Velro",
-    EmailKind.REFERRAL_CREDITED: "You referred {referred_name} to Velro",
-}
 
 
 # --- codes ------------------------------------------------------------------------
@@ -75,16 +66,32 @@ def referral_code_create(*, user_id: uuid.UUID, now: datetime | None = None) -> 
     raise RuntimeError("could not allocate a unique referral code")
 
 
+def referral_codes_ensure(*, user_ids: list[uuid.UUID], now: datetime | None = None) -> int:
+    """One code per user that has none (users written in bulk, e.g. imported): a
+    bulk insert, then the rare collision retried one by one. Returns how many were created."""
+    now = now or timezone.now()
+    have = set(ReferralCode.objects.filter(user_id__in=user_ids).values_list("user_id", flat=True))
+    missing = [user_id for user_id in user_ids if user_id not in have]
+    if not missing:
+        return 0
+    ReferralCode.objects.bulk_create(
+        [ReferralCode(user_id=user_id, code=referral_code_new(), created_at=now) for user_id in missing],
+        ignore_conflicts=True,
+    )
+    have = set(ReferralCode.objects.filter(user_id__in=missing).values_list("user_id", flat=True))
+    for user_id in missing:
+        if user_id not in have:
+            referral_code_create(user_id=user_id, now=now)
+    return len(missing)
+
+
 # --- intents (request path) ---------------------------------------------------------
 
 
 def referral_intent_record(*, user: User, code: str, now: datetime | None = None) -> ReferralIntent:
-    """Signup's one cheap write: what to validate later, off the request path."""
-    from referrals.tasks import process_referral_intent
-
-    intent = ReferralIntent.objects.create(referred=user, code=code[:64], created_at=now or timezone.now())
-    enqueue_on_commit(process_referral_intent, intent.pk)
-    return intent
+    """Signup's one cheap write: what to validate later, off the request path
+    (the caller enqueues its processing on commit)."""
+    return ReferralIntent.objects.create(referred=user, code=code[:64], created_at=now or timezone.now())
 
 
 def welcome_email_queue(*, user: User) -> int | None:
@@ -213,99 +220,6 @@ def referral_reprocess(*, referral_id: uuid.UUID) -> str:
     return ReferralStatus.REJECTED if reason else ReferralStatus.PENDING
 
 
-# --- emails ----------------------------------------------------------------------------
-
-
-def email_queue(*, kind: str, recipient_id: uuid.UUID, event_key: str, context: dict[str, Any]) -> int | None:
-    """Record the email for an event, once, and send it after commit.
-
-    One INSERT ... ON CONFLICT DO NOTHING: returns the new row's id, or None
-    when this event's email was already recorded (and is sent by whoever
-    recorded it).
-    """
-    from referrals.tasks import send_email
-
-    table = EmailNotification._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {table} (event_key, kind, recipient_id, context, status, attempts, last_error, created_at)"
-            " VALUES (%s, %s, %s, %s, %s, 0, '', %s) ON CONFLICT (event_key) DO NOTHING RETURNING id",
-            db_params(
-                EmailNotification,
-                event_key=event_key,
-                kind=kind,
-                recipient=recipient_id,
-                context=context,
-                status=EmailStatus.PENDING,
-                created_at=timezone.now(),
-            ),
-        )
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    enqueue_on_commit(send_email, row[0])
-    return row[0]
-
-
-class EmailSendError(Exception):
-    """The SMTP server refused or could not be reached: safe to retry (nothing was sent)."""
-
-
-def _message(notification: EmailNotification) -> EmailMultiAlternatives:
-    recipient = notification.recipient
-    context = {**notification.context, "email": recipient.email}
-    # One line whatever a display name contains: a header cannot be split.
-    subject = " ".join(SUBJECTS[notification.kind].format(**context).split())
-    text = render_to_string(f"referrals/email/{notification.kind}.txt", context)
-    html = render_to_string(f"referrals/email/{notification.kind}.html", context)
-    message = EmailMultiAlternatives(subject, text, settings.DEFAULT_FROM_EMAIL, [recipient.email])
-    message.attach_alternative(html, "text/html")
-    message.extra_headers["X-Velro-Event"] = notification.event_key
-    return message
-
-
-def email_send(*, notification_id: int, now: datetime | None = None) -> str:
-    """Send one recorded email at most once: "sent", "skipped" or raises EmailSendError.
-
-    Everything that can fail without sending (reading the row and its
-    recipient, rendering) happens before the claim; between the claim and
-    the end of the SMTP conversation any failure hands the row back. So a
-    stalled database or a time limit can delay an email, never lose it.
-    """
-    now = now or timezone.now()
-    notification = (
-        EmailNotification.objects.select_related("recipient")
-        .filter(pk=notification_id, status=EmailStatus.PENDING)
-        .first()
-    )
-    if notification is None:
-        return "skipped"
-    message = _message(notification)
-    claimed = EmailNotification.objects.filter(pk=notification_id, status=EmailStatus.PENDING).update(
-        status=EmailStatus.SENDING, claimed_at=now, attempts=F("attempts") + 1
-    )
-    if not claimed:
-        return "skipped"  # another worker claimed it first
-    EmailNotification.objects.filter(pk=notification_id).update(smtp_started_at=timezone.now())
-    try:
-        message.send()
-    except Exception as exc:
-        # Nothing was delivered (the server refused, never answered, or the
-        # task ran out of time first): hand the row back for a retry.
-        EmailNotification.objects.filter(pk=notification_id, status=EmailStatus.SENDING).update(
-            status=EmailStatus.PENDING, smtp_started_at=None, last_error=f"{exc.__class__.__name__}: {exc}"[:300]
-        )
-        raise EmailSendError(str(exc)) from exc
-    EmailNotification.objects.filter(pk=notification_id).update(status=EmailStatus.SENT, sent_at=timezone.now())
-    return "sent"
-
-
-def email_give_up(*, notification_id: int, error: str) -> None:
-    EmailNotification.objects.filter(pk=notification_id, status=EmailStatus.PENDING).update(
-        status=EmailStatus.FAILED, last_error=error[:300]
-    )
-
-
 # --- the sweeper and the nightly sync -----------------------------------------------------
 
 
@@ -318,11 +232,14 @@ def _pending_intent_ids(*, older_than: datetime, limit: int) -> list[int]:
 
 
 def referrals_sweep(*, min_age_seconds: int | None = None, limit: int = 500) -> dict[str, int]:
-    """Process work whose message was lost (broker down at signup). Runs every minute."""
+    """Process work whose message was lost (broker down at signup). Runs every minute.
+
+    (The emails that work queued are the outbox's: notifications.services.emails_sweep.)
+    """
     now = timezone.now()
     age = settings.REFERRAL_SWEEP_MIN_AGE_SECONDS if min_age_seconds is None else min_age_seconds
     cutoff = now - timedelta(seconds=age)
-    summary = {"intents": 0, "credited": 0, "emails": 0}
+    summary = {"intents": 0, "credited": 0}
     for intent_id in _pending_intent_ids(older_than=cutoff, limit=limit):
         outcome = referral_intent_process(intent_id=intent_id)
         summary["intents"] += outcome in PROCESSED
@@ -331,27 +248,6 @@ def referrals_sweep(*, min_age_seconds: int | None = None, limit: int = 500) -> 
         status=ReferralStatus.PENDING, referrer__isnull=False, created_at__lte=cutoff
     ).values_list("pk", flat=True)[:limit]:
         summary["credited"] += referral_credit(referral_id=referral_id)
-    EmailNotification.objects.filter(status=EmailStatus.PENDING, attempts__gte=settings.EMAIL_MAX_ATTEMPTS).update(
-        status=EmailStatus.FAILED
-    )  # out of attempts: visible to operators as failed (last_error kept)
-    # Claimed by a task that died before its SMTP conversation began (worker
-    # killed, time limit): nothing was delivered, so it goes back in line.
-    EmailNotification.objects.filter(
-        status=EmailStatus.SENDING,
-        smtp_started_at__isnull=True,
-        claimed_at__lt=now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT),
-    ).update(status=EmailStatus.PENDING)
-    emails = EmailNotification.objects.filter(
-        status=EmailStatus.PENDING, created_at__lte=cutoff, attempts__lt=settings.EMAIL_MAX_ATTEMPTS
-    ).values_list("pk", flat=True)[:limit]
-    deadline = time.monotonic() + settings.CELERY_TASK_SOFT_TIME_LIMIT / 2
-    for notification_id in emails:
-        if time.monotonic() > deadline:
-            break  # stay well inside the task's time limit: the next sweep goes on
-        try:
-            summary["emails"] += email_send(notification_id=notification_id) == "sent"
-        except EmailSendError:
-            break  # the SMTP server is down: the next sweep tries again
     return summary
 
 
@@ -363,10 +259,6 @@ class ReconcileReport:
     counters_examined: int = 0
     counters_fixed: int = 0
     codes_created: int = 0
-    mirrors_created: int = 0
-    mirrors_updated: int = 0
-    emails_sent: int = 0
-    emails_interrupted: int = 0
 
 
 def _counters_fix() -> tuple[int, int]:
@@ -397,9 +289,9 @@ def _counters_fix() -> tuple[int, int]:
 
 
 def referrals_reconcile() -> ReconcileReport:
-    """The nightly sync: finish pending work, repair counters and mirrors, log a summary."""
-    from accounts.services import public_users_repair
-
+    """The nightly sync: finish pending referral work, give every user a code, repair
+    the counters, log a summary. (The users mirror is accounts' nightly job,
+    accounts.repair_mirror; the outbox is swept by notifications.sweep.)"""
     report = ReconcileReport()
     now = timezone.now()
     while True:
@@ -423,16 +315,5 @@ def referrals_reconcile() -> ReconcileReport:
         report.codes_created += 1
     report.counters_examined, report.counters_fixed = _counters_fix()
 
-    mirrors = public_users_repair()
-    report.mirrors_created, report.mirrors_updated = len(mirrors.created), len(mirrors.updated)
-
-    # An email claimed but never marked sent was interrupted mid-send: it may
-    # have been delivered, so it is not sent again (at most once); operators
-    # see it as failed.
-    lease = now - timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT * 2)
-    report.emails_interrupted = EmailNotification.objects.filter(
-        status=EmailStatus.SENDING, smtp_started_at__isnull=False, claimed_at__lt=lease
-    ).update(status=EmailStatus.FAILED, last_error="interrupted while sending; not resent (at most once)")
-    report.emails_sent = referrals_sweep(min_age_seconds=0)["emails"]
     logger.info("referral nightly sync: %s", asdict(report))
     return report

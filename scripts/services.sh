@@ -12,6 +12,8 @@
 #   ensure_rabbitmq          RabbitMQ on 127.0.0.1:5672 (installs rabbitmq-server if missing, starts it)
 #   ensure_pgbouncer         pgbouncer binary for velro/tests/test_pgbouncer.py (installs it if missing;
 #                            each test runs its own pgbouncer, the system service is not used)
+#   ensure_promtool          promtool (Debian's prometheus package) for monitoring/tests/test_alert_rules.py
+#                            (installs it if missing)
 #   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
 #                            (installs it with apt-get if missing; fails soft: warns, returns 0)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
@@ -309,6 +311,18 @@ ensure_pgbouncer() {
 	fi
 	_setup_log "PgBouncer not installed: installing it (the PgBouncer tests start their own)"
 	_apt_install pgbouncer || return 1
+}
+
+# --- promtool (checks and unit-tests the Prometheus SLO rules) ----------------------
+
+ensure_promtool() {
+	if _have promtool; then
+		_setup_log "promtool ready ($(promtool --version 2>&1 | head -n 1))"
+		return 0
+	fi
+	_setup_log "promtool not installed: installing Debian's prometheus (for the alert-rule tests)"
+	_apt_install prometheus || return 1
+	_have promtool || _setup_die "promtool missing after installing prometheus" || return 1
 }
 
 # --- Chromium (admin browser test) ---------------------------------------------------

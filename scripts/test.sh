@@ -22,6 +22,7 @@ ensure_redis
 ensure_rabbitmq
 ensure_chromium
 ensure_pgbouncer
+ensure_promtool
 ensure_venv requirements-dev.txt
 
 if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then
@@ -72,7 +73,8 @@ if (($# == 0)); then
 		accounts/tests/test_signup.py accounts/tests/test_login.py accounts/tests/test_refresh.py \
 		accounts/tests/test_logout.py accounts/tests/test_me.py accounts/tests/test_api_keys.py \
 		accounts/tests/test_tokens.py accounts/tests/test_users_sync.py accounts/tests/test_gotrue_http.py \
-		referrals/tests/test_services.py referrals/tests/test_api.py referrals/tests/test_codes.py
+		referrals/tests/test_services.py referrals/tests/test_api.py referrals/tests/test_codes.py \
+		notifications/tests/test_services.py
 fi
 
 printf '\n[test] all checks passed\n' >&2

@@ -11,15 +11,16 @@ call goes through SafeCache:
   written before the outage are ignored from then on, so an invalidation that
   could not reach Redis during the outage (a logout, a revoked key) is never
   answered from a stale entry afterwards;
-- hits, misses and errors are counted for the metrics.
+- hits, misses and errors are counted (`stats`) and announced
+  (velro.signals.cache_lookup / cache_error) for the metrics.
 
-Time and the backend are injectable so tests can drive the breaker.
+The breaker is velro.breaker.Breaker. Time and the backend are injectable so
+tests can drive it.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -28,8 +29,9 @@ from typing import Any
 from django.conf import settings
 from django.core.cache import BaseCache, caches
 
-from monitoring.context import phase
-from monitoring.metrics import CACHE
+from velro.breaker import Breaker
+from velro.context import phase
+from velro.signals import cache_error, cache_lookup
 
 logger = logging.getLogger("velro.cache")
 
@@ -45,11 +47,15 @@ class SafeCache:
         cooldown: float | None = None,
     ) -> None:
         self._backend = backend
-        self._clock = clock
         self._cooldown = cooldown
-        self._open_until = 0.0
-        self._outage = False
-        self._lock = threading.Lock()
+        self.breaker = Breaker(
+            "cache",
+            cooldown=lambda: self.cooldown,
+            clock=clock,
+            logger=logger,
+            opened="cache unavailable ({error} during {during}): bypassing it for {cooldown:.1f}s at a time"
+            " until it answers again",
+        )
         self.stats: Counter[str] = Counter()
 
     @property
@@ -62,10 +68,10 @@ class SafeCache:
 
     @property
     def available(self) -> bool:
-        return self._clock() >= self._open_until
+        return not self.breaker.open
 
     def _call(self, operation: str, fn: Callable[[], Any], default: Any) -> Any:
-        if not self.available:
+        if self.breaker.open:
             self.stats["bypassed"] += 1
             return default
         try:
@@ -74,7 +80,7 @@ class SafeCache:
         except Exception as exc:  # any backend failure degrades to "no cache"
             self._trip(operation, exc)
             return default
-        if self._outage and self._recover():
+        if self.breaker.outage and self._recover():
             # Read again: what the first call returned was read under the
             # old generation, and may be an entry the outage made stale.
             return self._call(operation, fn, default)
@@ -82,25 +88,13 @@ class SafeCache:
 
     def _trip(self, operation: str, exc: Exception) -> None:
         self.stats["errors"] += 1
-        CACHE.labels("error").inc()
-        with self._lock:
-            self._open_until = self._clock() + self.cooldown
-            first = not self._outage
-            self._outage = True
-        if first:
-            logger.warning(
-                "cache unavailable (%s during %s): bypassing it for %.1fs at a time until it answers again",
-                exc.__class__.__name__,
-                operation,
-                self.cooldown,
-            )
+        cache_error.send(SafeCache, operation=operation, exc=exc)
+        self.breaker.trip(exc, during=operation)
 
     def _recover(self) -> bool:
         """End the outage: bump the generation. True when it is over."""
-        with self._lock:
-            if not self._outage:
-                return False
-            self._outage = False
+        if not self.breaker.recover():
+            return False
         try:
             self._bump_generation()
         except Exception as exc:
@@ -126,8 +120,7 @@ class SafeCache:
         misses = len(counted) - hits
         self.stats["hits"] += hits
         self.stats["misses"] += misses
-        CACHE.labels("hit").inc(hits)
-        CACHE.labels("miss").inc(misses)
+        cache_lookup.send(SafeCache, hits=hits, misses=misses)
         return found
 
     def get(self, key: str) -> Any:
@@ -151,8 +144,6 @@ class SafeCache:
 
         def run() -> int:
             backend = self.backend
-            if not amount:
-                return int(backend.get(key) or 0)
             backend.add(key, 0, timeout=timeout)
             return backend.incr(key, amount)
 
@@ -165,9 +156,7 @@ class SafeCache:
 
     def reset(self) -> None:
         """Close the breaker and zero the counters (tests)."""
-        with self._lock:
-            self._open_until = 0.0
-            self._outage = False
+        self.breaker.reset()
         self.stats.clear()
 
 

@@ -14,6 +14,6 @@ app.autodiscover_tasks()
 
 @worker_process_init.connect
 def _warm_up(**kwargs: object) -> None:
-    from monitoring.warmup import warm_up
+    from velro.warmup import warm_up
 
     warm_up()

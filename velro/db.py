@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +27,8 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, OperationalError, connection, connections, transaction
+
+from velro.breaker import Breaker
 
 logger = logging.getLogger("velro.db")
 
@@ -62,45 +63,34 @@ class BreakerOpen(OperationalError):
     """Refused by the breaker (no query was sent): does not extend the cooldown."""
 
 
-class DatabaseBreaker:
-    """Fail fast for a moment after the database stalled or went away.
-
-    Without it, during a stall every request in a process waits out its own
-    lock or statement timeout, and the requests queued behind them wait even
-    longer. After one such failure, queries in this process fail at once
-    (503 + Retry-After) for DB_BREAKER_COOLDOWN_SECONDS; requests that need no
-    SQL (a token check on a warm cache) carry on. Per process, like the pool.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self._open_until = 0.0
-
-    @property
-    def open(self) -> bool:
-        return self.clock() < self._open_until
-
-    def trip(self, exc: Exception | None = None) -> None:
-        if isinstance(exc, BreakerOpen):
-            return  # our own refusal: the cooldown must run out while traffic goes on
-        first = not self.open
-        self._open_until = self.clock() + settings.DB_BREAKER_COOLDOWN_SECONDS
-        if first and settings.DB_BREAKER_COOLDOWN_SECONDS > 0:
-            logger.warning(
-                "database stalled or unreachable: failing fast for %.1fs", settings.DB_BREAKER_COOLDOWN_SECONDS
-            )
-
-    def reset(self) -> None:
-        self._open_until = 0.0
-
-    def guard(self, execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
-        """An execute wrapper: refuse the query while the breaker is open."""
-        if self.open:
-            raise BreakerOpen("database breaker open: a recent query stalled")
-        return execute(sql, params, many, context)
+# Fail fast for a moment after the database stalled or went away.
+#
+# Without it, during a stall every request in a process waits out its own lock
+# or statement timeout, and the requests queued behind them wait even longer.
+# After one such failure (velro.errors.database_unavailable trips it), queries
+# in this process fail at once (503 + Retry-After) for
+# DB_BREAKER_COOLDOWN_SECONDS; requests that need no SQL (a token check on a
+# warm cache) carry on. Per process, like the pool. Installed as an execute
+# wrapper (`guard`) by the request middleware.
+breaker = Breaker(
+    "database",
+    cooldown=lambda: settings.DB_BREAKER_COOLDOWN_SECONDS,
+    logger=logger,
+    opened="database stalled or unreachable ({error}): failing fast for {cooldown:.1f}s at a time"
+    " until it answers again",
+    closed="database answers again",
+    ignore=(BreakerOpen,),  # our own refusal: the cooldown must run out while traffic goes on
+)
 
 
-breaker = DatabaseBreaker()
+def guard(execute: Callable, sql: str, params: Any, many: bool, context: dict) -> Any:
+    """An execute wrapper: refuse the query while the breaker is open; a query
+    that succeeds ends the outage."""
+    if breaker.open:
+        raise BreakerOpen("database breaker open: a recent query stalled")
+    result = execute(sql, params, many, context)
+    breaker.recover()
+    return result
 
 
 # --- connection-level timeouts on the server (PgBouncer) -------------------------------------------

@@ -5,12 +5,16 @@ translated here, so no input and no dependency failure becomes a 500 with a
 traceback. Client mistakes Django itself detects while reading a request (a
 body over the upload limit, too many parameters, a malformed multipart body, a
 Host header not in ALLOWED_HOSTS) are 4xx answers logged once at WARNING,
-without a traceback: see `client_error`.
+without a traceback: see `client_error`; a surface with its own error shape
+(accounts' GoTrue surface under /auth/v1/) registers its renderer for them
+at ready() (`register_client_error_renderer`). A database failure goes to the
+breaker through one path, `database_unavailable`, whatever the surface.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -203,7 +207,7 @@ def log_client_error(request: HttpRequest, exc: BaseException, error: ApiError, 
     response._has_been_logged = True  # read by django.utils.log.log_response
 
 
-def client_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse | None:
+def native_client_error_response(request: HttpRequest, exc: BaseException) -> JsonResponse | None:
     """`client_error` as a logged JSON response in this module's shape (None: not a client error)."""
     error = client_error(exc)
     if error is None:
@@ -211,6 +215,27 @@ def client_error_response(request: HttpRequest, exc: BaseException) -> JsonRespo
     response = JsonResponse(error_body(error.code, error.detail), status=error.status)
     log_client_error(request, exc, error, response)
     return response
+
+
+# A surface with its own error shape under a path prefix (accounts' GoTrue surface
+# under /auth/v1/) registers its renderer in its AppConfig.ready(): velro imports no app.
+ClientErrorRenderer = Callable[[HttpRequest, BaseException], HttpResponse | None]
+_renderers: dict[str, ClientErrorRenderer] = {}
+
+
+def register_client_error_renderer(prefix: str, render: ClientErrorRenderer) -> None:
+    """Answer client mistakes on paths starting with `prefix` with `render(request, exc)`,
+    which returns the logged response, or None when `exc` is not a client mistake."""
+    _renderers[prefix] = render
+
+
+def client_error_response(request: HttpRequest, exc: BaseException) -> HttpResponse | None:
+    """`client_error` as a logged response in the shape of the surface the path belongs to
+    (the longest registered prefix; this module's shape elsewhere). None: not a client error."""
+    path = request.path_info
+    prefixes = [prefix for prefix in _renderers if path.startswith(prefix)]
+    render = _renderers[max(prefixes, key=len)] if prefixes else native_client_error_response
+    return render(request, exc)
 
 
 # --- DRF -----------------------------------------------------------------------------------

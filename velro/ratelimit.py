@@ -61,7 +61,7 @@ class RateLimiter:
         self.local = LocalCounters()
 
     def _count(self, bucket: str, ident: str, rate: Rate, amount: int) -> tuple[int, int]:
-        """Add `amount` (0 = just read) to the current window; return (count, seconds left)."""
+        """Add `amount` to the current window; return (count, seconds left)."""
         now = self.clock()
         window_end = (math.floor(now / rate.window) + 1) * rate.window
         digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
@@ -77,14 +77,6 @@ class RateLimiter:
             return
         count, retry_after = self._count(bucket, ident, rate, 1)
         if count > rate.limit:
-            raise RateLimited(headers={"Retry-After": str(retry_after)})
-
-    def check(self, bucket: str, ident: str, rate: Rate) -> None:
-        """Raise RateLimited if the limit is already used up (counts nothing)."""
-        if not settings.RATELIMIT_ENABLE:
-            return
-        count, retry_after = self._count(bucket, ident, rate, 0)
-        if count >= rate.limit:
             raise RateLimited(headers={"Retry-After": str(retry_after)})
 
     def add(self, bucket: str, ident: str, rate: Rate, amount: int = 1) -> None:

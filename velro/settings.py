@@ -123,8 +123,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",  # Swagger UI assets served from the package: no CDN
+    "corsheaders",  # CORS for browser clients of /auth/v1/ (GOTRUE_CORS_ALLOWED_ORIGINS)
     "accounts",
     "referrals",
+    "notifications",
     "monitoring",
 ]
 
@@ -132,6 +134,7 @@ INSTALLED_APPS = [
 # API and the probes (monitoring/middleware.py); the admin gets all of them.
 MIDDLEWARE = [
     "monitoring.middleware.RequestContextMiddleware",
+    "corsheaders.middleware.CorsMiddleware",  # answers preflights itself: before CommonMiddleware
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "monitoring.middleware.FastLaneSessionMiddleware",
@@ -360,6 +363,28 @@ GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = _bool("GOTRUE_PASSWORD_CHANGE
 # Browser origins allowed to call /auth/v1/ (CORS), "*" = any, as Supabase's
 # gateway answers. Bearer tokens only, no cookies: no ambient credentials to abuse.
 GOTRUE_CORS_ALLOWED_ORIGINS = _list("GOTRUE_CORS_ALLOWED_ORIGINS", "*")
+# ... applied by django-cors-headers, to /auth/v1/ only, with the headers GoTrue
+# answers and supabase-js sends (apikey and x-client-info; X-Supabase-Api-Version
+# picks the error shape and must be readable by browser code, as must Retry-After).
+CORS_URLS_REGEX = r"^/auth/v1/"
+CORS_ALLOW_ALL_ORIGINS = "*" in GOTRUE_CORS_ALLOWED_ORIGINS
+CORS_ALLOWED_ORIGINS = [origin for origin in GOTRUE_CORS_ALLOWED_ORIGINS if origin != "*"]
+CORS_ALLOW_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+# What supabase-js sends, plus "*" for headers apps add through its
+# `global.headers` (no credentialed requests here, so the wildcard applies;
+# `authorization` must still be named: "*" never covers it).
+CORS_ALLOW_HEADERS = [
+    "accept",
+    "authorization",
+    "apikey",
+    "content-type",
+    "x-client-info",
+    "x-supabase-api-version",
+    "x-request-id",
+    "*",
+]
+CORS_EXPOSE_HEADERS = ["X-Supabase-Api-Version", "Retry-After", "X-Request-ID"]
+CORS_PREFLIGHT_MAX_AGE = 86400
 
 # Rate limits (ASVS 6.3.1), "<count>/<seconds>". Near GoTrue's defaults.
 RATELIMIT_ENABLE = _bool("RATELIMIT_ENABLE", True)
@@ -484,11 +509,15 @@ try:
 except ValueError:
     raise ImproperlyConfigured(f"REFERRAL_SYNC_TIME={REFERRAL_SYNC_TIME!r} is not HH:MM (UTC)") from None
 CELERY_BEAT_SCHEDULE = {
-    "monitoring-evaluate-slos": {"task": "monitoring.evaluate_slos", "schedule": 60.0},
     "referrals-sweep": {"task": "referrals.sweep", "schedule": float(REFERRAL_SWEEP_INTERVAL_SECONDS)},
     "accounts-prune-revocations": {"task": "accounts.prune_revocations", "schedule": 3600.0},
     "referrals-nightly-sync": {
         "task": "referrals.nightly_sync",
+        "schedule": crontab(hour=_sync_hour, minute=_sync_minute),
+    },
+    "notifications-sweep": {"task": "notifications.sweep", "schedule": float(REFERRAL_SWEEP_INTERVAL_SECONDS)},
+    "accounts-repair-mirror": {
+        "task": "accounts.repair_mirror",
         "schedule": crontab(hour=_sync_hour, minute=_sync_minute),
     },
 }
@@ -586,13 +615,15 @@ try:
 except ValueError as exc:
     raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {exc}") from None
 AUTH_TIMING_ENABLED = _bool("AUTH_TIMING_ENABLED", False)
+# SLO thresholds for the staff page /admin/slo/; Prometheus alerts on the same
+# values (monitoring/prometheus/alerts.yml: a test keeps the two equal).
 SLO_P95_WARNING_MS = _float("SLO_P95_WARNING_MS", 500.0)
 SLO_P95_CRITICAL_MS = _float("SLO_P95_CRITICAL_MS", 1000.0)
 SLO_SUCCESS_RATE_MIN = _float("SLO_SUCCESS_RATE_MIN", 0.99)
 if not 0 <= SLO_SUCCESS_RATE_MIN <= 1:
     raise ImproperlyConfigured("SLO_SUCCESS_RATE_MIN must be between 0 and 1")
-SLO_WINDOW_MINUTES = _int("SLO_WINDOW_MINUTES", 5, minimum=1)
-SLO_FLUSH_SECONDS = _float("SLO_FLUSH_SECONDS", 5.0)
+# Each serving process logs its DB pool statistics every N seconds (0 = never).
+POOL_REPORT_SECONDS = _float("POOL_REPORT_SECONDS", 60.0)
 # Audit events are written in bulk every N seconds (0 = synchronously).
 AUDIT_FLUSH_SECONDS = _float("AUDIT_FLUSH_SECONDS", 1.0)
 

@@ -36,6 +36,7 @@ from velro.errors import (
     client_error,
     database_unavailable,
     log_client_error,
+    register_client_error_renderer,
 )
 
 logger = logging.getLogger("velro.gotrue")
@@ -258,3 +259,12 @@ def client_error_response(request: HttpRequest, exc: BaseException) -> JsonRespo
     response = json_response(request, _from_client_error(client))
     log_client_error(request, exc, client, response)
     return response
+
+
+PREFIX = "/auth/v1/"
+
+
+def register() -> None:
+    """Client mistakes the request middleware catches under /auth/v1/ (a body over the
+    limit, a bad Host header...) are answered in GoTrue's shape (AccountsConfig.ready)."""
+    register_client_error_renderer(PREFIX, client_error_response)

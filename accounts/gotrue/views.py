@@ -12,7 +12,6 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
-from django.utils.cache import patch_vary_headers
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -74,7 +73,9 @@ class GoTrueView(APIView):
         super().initial(request, *args, **kwargs)
 
     def check_permissions(self, request: Request) -> None:
-        if request.method != "OPTIONS":  # a CORS preflight carries no credentials
+        # An OPTIONS carries no credentials (CORS preflights are answered before
+        # the view, by django-cors-headers: settings.CORS_*).
+        if request.method != "OPTIONS":
             super().check_permissions(request)
 
     def options(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -84,36 +85,7 @@ class GoTrueView(APIView):
         version = api_version(request)
         if version is not None:
             response[API_VERSION_HEADER] = version
-        cors_headers(request, response)
         return super().finalize_response(request, response, *args, **kwargs)
-
-
-CORS_ALLOW_HEADERS = "authorization, apikey, content-type, x-client-info, x-supabase-api-version, x-request-id"
-# Readable by browser code: the official clients pick the error parser by
-# X-Supabase-Api-Version, and back off on Retry-After.
-CORS_EXPOSE_HEADERS = "X-Supabase-Api-Version, Retry-After, X-Request-ID"
-
-
-def cors_headers(request: Request, response: Response) -> None:
-    """CORS for browser clients (supabase-js), like Supabase's gateway."""
-    origin = request.META.get("HTTP_ORIGIN")
-    allowed = settings.GOTRUE_CORS_ALLOWED_ORIGINS
-    if not origin or not allowed:
-        return
-    if "*" in allowed:
-        response["Access-Control-Allow-Origin"] = "*"
-    elif origin in allowed:
-        response["Access-Control-Allow-Origin"] = origin
-        patch_vary_headers(response, ["Origin"])
-    else:
-        return
-    response["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
-    if request.method == "OPTIONS":
-        response["Access-Control-Allow-Methods"] = "GET, POST, PUT, OPTIONS"
-        # The headers the browser asks for (supabase-js adds its own over time).
-        requested = request.META.get("HTTP_ACCESS_CONTROL_REQUEST_HEADERS", "")
-        response["Access-Control-Allow-Headers"] = requested or CORS_ALLOW_HEADERS
-        response["Access-Control-Max-Age"] = "86400"
 
 
 class PublicGoTrueView(GoTrueView):

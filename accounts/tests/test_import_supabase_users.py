@@ -266,7 +266,8 @@ def test_the_summary_counts_and_the_malformed_rows_are_reported_with_their_line(
 
 
 def test_no_welcome_emails_or_referral_intents_for_imported_users(export):
-    from referrals.models import EmailNotification, ReferralIntent
+    from notifications.models import EmailNotification
+    from referrals.models import ReferralIntent
 
     run(export)
     imported = [IDS[name] for name in IMPORTED]

@@ -373,18 +373,6 @@ def test_the_count_starts_again_when_the_window_ends():
         own.hit("test-window", "client-a", rate)
 
 
-def test_check_reads_the_count_without_adding_to_it():
-    own = RateLimiter(cache=SafeCache(), clock=FakeClock(1_000_000_000.0))
-    rate = Rate(2, 60)
-    for _ in range(5):
-        own.check("test-check", "acct", rate)
-    own.add("test-check", "acct", rate)
-    own.check("test-check", "acct", rate)
-    own.add("test-check", "acct", rate)
-    with pytest.raises(RateLimited):
-        own.check("test-check", "acct", rate)
-
-
 def test_limits_survive_a_redis_outage_with_per_process_counters():
     dead_redis = RedisCache(
         "redis://127.0.0.1:1/0",

@@ -641,3 +641,29 @@ def test_sync_users_with_nothing_to_do_changes_nothing():
     out = sync_users()
     assert "created=0 updated=0 unchanged=" in out
     assert int(re.search(r"unchanged=(\d+)", out).group(1)) >= len(users)
+
+
+# --- the nightly repair (beat): accounts' own job, no longer the referral sync's ---------------------
+
+
+def test_the_repair_mirror_task_backfills_and_fixes_the_mirror_and_is_idempotent():
+    from accounts.tasks import repair_mirror
+
+    _bulk_users("nightly0@example.com", "nightly1@example.com")
+    stale = UserFactory(email="stale@example.com")
+    PublicUser.objects.filter(pk=stale.pk).update(email="old@example.com")
+
+    report = repair_mirror()
+
+    assert (report["created"], report["updated"]) == (2, 1)
+    assert PublicUser.objects.get(pk=stale.pk).email == "stale@example.com"
+    assert PublicUser.objects.filter(email__in=["nightly0@example.com", "nightly1@example.com"]).count() == 2
+    again = repair_mirror()
+    assert (again["created"], again["updated"]) == (0, 0)
+
+
+def test_the_repair_mirror_task_runs_nightly_on_the_beat_schedule(settings):
+    entries = {entry["task"]: entry["schedule"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    hour, minute = (int(part) for part in settings.REFERRAL_SYNC_TIME.split(":"))
+    nightly = entries["accounts.repair_mirror"]
+    assert (nightly.hour, nightly.minute) == ({hour}, {minute})

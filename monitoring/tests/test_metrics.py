@@ -19,7 +19,8 @@ from django.db import connection
 from prometheus_client.parser import text_string_to_metric_families
 
 from accounts.tests.factories import DEFAULT_PASSWORD
-from monitoring import pool, tasks
+from monitoring import pool
+from referrals.tasks import sweep
 from velro import tasks as velro_tasks
 from velro.celery import app as celery_app
 from velro.tests.support import http_get
@@ -176,8 +177,8 @@ def test_cache_hits_are_counted(auth_api, client):
 def test_enqueue_failures_are_counted(client):
     before = value(scrape(client), "velro_celery_enqueue_failures_total")
     with broker_at(CLOSED_REDIS):
-        assert velro_tasks.enqueue(tasks.evaluate_slos) is False
-        assert velro_tasks.enqueue(tasks.evaluate_slos) is False  # skipped by the breaker: counted too
+        assert velro_tasks.enqueue(sweep) is False
+        assert velro_tasks.enqueue(sweep) is False  # skipped by the breaker: counted too
     after_text = scrape(client)
     assert "velro_celery_enqueue_failures_total" in after_text
     assert value(after_text, "velro_celery_enqueue_failures_total") - before == 2

@@ -258,8 +258,8 @@ def test_the_real_console_log_line_is_json_with_the_request_id(api, console_outp
 
 
 def test_a_log_line_outside_any_request_has_a_placeholder_request_id():
-    from monitoring.context import _current
     from monitoring.logging import RequestIdFilter
+    from velro.context import _current
 
     token = _current.set(None)
     try:

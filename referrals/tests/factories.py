@@ -1,9 +1,9 @@
 """Referral test data.
 
 Two kinds of helpers:
-- factories for raw rows (ReferralIntentFactory, ReferralFactory,
-  EmailNotificationFactory), to set up a state directly, e.g. a drifted or
-  half-done one for the sweeper and the nightly sync;
+- factories for raw rows (ReferralIntentFactory, ReferralFactory), to set up
+  a state directly, e.g. a drifted or half-done one for the sweeper and the
+  nightly sync (the outbox's rows: notifications/tests/factories.py);
 - `refer()`, which builds a referral the way production does: a referred
   user, their intent, then the worker's service (validate, record, credit).
 """
@@ -19,8 +19,6 @@ from accounts.models import User
 from accounts.tests.factories import UserFactory
 from referrals import services
 from referrals.models import (
-    EmailKind,
-    EmailNotification,
     Referral,
     ReferralCode,
     ReferralIntent,
@@ -56,16 +54,6 @@ class ReferralFactory(factory.django.DjangoModelFactory):
     referred = factory.SubFactory(UserFactory)
     code = factory.LazyAttribute(lambda o: code_of(o.referrer) if o.referrer else "ZZZZZZZZ")
     status = ReferralStatus.PENDING
-
-
-class EmailNotificationFactory(factory.django.DjangoModelFactory):
-    class Meta:
-        model = EmailNotification
-
-    recipient = factory.SubFactory(UserFactory)
-    kind = EmailKind.WELCOME
-    event_key = factory.LazyAttribute(lambda o: f"{o.kind}:{o.recipient.pk}")
-    context = factory.LazyAttribute(lambda o: {"name": o.recipient.display_name or o.recipient.email})
 
 
 def refer(referrer: User | None, *, code: str | None = None, **referred_fields: Any) -> Referral:

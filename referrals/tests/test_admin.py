@@ -13,11 +13,9 @@ from django.utils import timezone
 from accounts.models import User
 from accounts.tests.factories import UserFactory
 from accounts.tests.test_users_sync import assert_admin_saved, user_change_data
+from notifications.models import EmailNotification
 from referrals import services
 from referrals.models import (
-    EmailKind,
-    EmailNotification,
-    EmailStatus,
     IntentStatus,
     Referral,
     ReferralCode,
@@ -25,7 +23,6 @@ from referrals.models import (
     RejectReason,
 )
 from referrals.tests.factories import (
-    EmailNotificationFactory,
     ReferralIntentFactory,
     code_of,
     credited_count,
@@ -38,7 +35,6 @@ pytestmark = pytest.mark.django_db(transaction=False)
 ADMIN_PASSWORD = "plum-harbour-velvet-42"
 REFERRALS = "/admin/referrals/referral/"
 INTENTS = "/admin/referrals/referralintent/"
-EMAILS = "/admin/referrals/emailnotification/"
 CODES = "/admin/referrals/referralcode/"
 USERS = "/admin/accounts/user/"
 
@@ -238,7 +234,7 @@ def test_a_view_only_staff_user_sees_the_list_but_cannot_run_actions(client, wor
 # --- read-only -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [REFERRALS, INTENTS, EMAILS, CODES])
+@pytest.mark.parametrize("url", [REFERRALS, INTENTS, CODES])
 def test_nothing_can_be_added_by_hand(admin, world, url):
     response = admin.get(url)
     assert response.status_code == 200
@@ -263,7 +259,7 @@ def test_the_referral_page_is_view_only(admin, world):
     assert referral.referrer is not None
 
 
-@pytest.mark.parametrize("url", [REFERRALS, INTENTS, EMAILS])
+@pytest.mark.parametrize("url", [REFERRALS, INTENTS])
 def test_rows_cannot_be_deleted_from_their_own_pages(admin, world, url):
     obj = rows(admin.get(url))[0]
     assert admin.get(f"{url}{obj.pk}/delete/").status_code == 403
@@ -287,7 +283,7 @@ def test_deleting_a_user_still_takes_their_referral_rows_with_them(admin, world,
     assert not Referral.objects.filter(referred_id=referred.pk).exists()
 
 
-# --- intents, emails, codes ----------------------------------------------------------------------------
+# --- intents, codes ----------------------------------------------------------------------------
 
 
 def test_intent_changelist_renders_and_filters_by_status(admin, world):
@@ -301,46 +297,6 @@ def test_intent_changelist_renders_and_filters_by_status(admin, world):
     assert len(rows(admin.get(INTENTS, {"status__exact": IntentStatus.DONE}))) == 4
     assert [i.pk for i in rows(admin.get(INTENTS, {"q": "waiting@"}))] == [pending.pk]
     assert admin.get(f"{INTENTS}{pending.pk}/change/").status_code == 200
-
-
-def test_email_changelist_renders_and_filters_by_status_and_kind(admin, world):
-    EmailNotificationFactory(status=EmailStatus.FAILED, attempts=10, last_error="SMTPServerDisconnected: boom")
-    response = admin.get(EMAILS)
-    html = response.content.decode()
-    for column in ("event_key", "kind", "recipient", "status", "attempts", "last_error", "created_at", "sent_at"):
-        assert f"column-{column}" in html, column
-    assert "SMTPServerDisconnected: boom" in html
-    assert len(rows(response)) == EmailNotification.objects.count() == 3  # two "you referred" + the failed one
-    assert {e.status for e in rows(admin.get(EMAILS, {"status__exact": "failed"}))} == {EmailStatus.FAILED}
-    credited = rows(admin.get(EMAILS, {"kind__exact": EmailKind.REFERRAL_CREDITED}))
-    assert len(credited) == 2
-    assert {e.kind for e in credited} == {EmailKind.REFERRAL_CREDITED}
-    row = credited[0]
-    page = admin.get(f"{EMAILS}{row.pk}/change/")
-    assert page.status_code == 200
-    assert row.event_key in page.content.decode()
-
-
-def test_retry_failed_action_puts_failed_emails_back_for_the_sweeper(admin, settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    failed = EmailNotificationFactory(status=EmailStatus.FAILED, attempts=10, last_error="boom")
-    exhausted = EmailNotificationFactory(status=EmailStatus.PENDING, attempts=settings.EMAIL_MAX_ATTEMPTS)
-    sent = EmailNotificationFactory(status=EmailStatus.SENT, attempts=1, sent_at=timezone.now())
-    response = run_action(admin, EMAILS, "retry_failed", [failed, exhausted, sent])
-    assert messages_of(response) == ["Queued 2 email(s) for another attempt (1 not failed, left alone)."]
-    for row in (failed, exhausted):
-        row.refresh_from_db()
-        assert (row.status, row.attempts, row.claimed_at) == (EmailStatus.PENDING, 0, None)
-    sent.refresh_from_db()
-    assert (sent.status, sent.attempts) == (EmailStatus.SENT, 1)
-
-    from django.core import mail
-
-    from referrals.services import referrals_sweep
-
-    mail.outbox = []
-    assert referrals_sweep(min_age_seconds=0)["emails"] == 2
-    assert len(mail.outbox) == 2
 
 
 def test_code_changelist_renders_and_searches_by_code_and_email(admin, world, rita):
@@ -438,7 +394,7 @@ def test_user_add_form_still_works(admin):
 # --- access ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("url", [REFERRALS, INTENTS, EMAILS, CODES])
+@pytest.mark.parametrize("url", [REFERRALS, INTENTS, CODES])
 def test_anonymous_users_are_sent_to_the_admin_login(client, url):
     response = client.get(url)
     assert response.status_code == 302
@@ -447,5 +403,6 @@ def test_anonymous_users_are_sent_to_the_admin_login(client, url):
 
 def test_the_admin_index_lists_the_referral_models(admin):
     html = admin.get("/admin/").content.decode()
-    for url in (REFERRALS, INTENTS, EMAILS, CODES):
+    for url in (REFERRALS, INTENTS, CODES):
         assert f'href="{url}"' in html
+    assert 'href="/admin/referrals/emailnotification/"' not in html  # the outbox is notifications' page

@@ -10,7 +10,8 @@ GunicornServer runs gunicorn with the repository's gunicorn.conf.py (gthread,
 keep-alive...) on a free port, against this test run's database, Redis and
 broker, with its own Prometheus directory; it waits until the app answers,
 captures gunicorn's and the app's log into a file (`log_text()`), and stops
-gunicorn (SIGTERM, then SIGKILL) on exit. The gunicorn sees the test database
+gunicorn (SIGTERM, then SIGKILL to its process group) on exit: it runs under
+the load tests' process supervisor (loadtest.supervisor.Process). The gunicorn sees the test database
 only when the test makes it exist (`django_db_setup`, or a `db` /
 `transactional_db` test), and sees rows only if they are committed
 (`transaction=True`).
@@ -29,7 +30,6 @@ import contextlib
 import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -41,9 +41,10 @@ from typing import Any
 
 from django.conf import settings
 
+from loadtest.supervisor import HOST, Process, free_port
+
 BASE_DIR = Path(settings.BASE_DIR)
 GUNICORN = Path(sys.executable).parent / "gunicorn"
-HOST = "127.0.0.1"
 
 
 def user_exists(name: str) -> bool:
@@ -55,13 +56,6 @@ def user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind((HOST, 0))
-        return probe.getsockname()[1]
 
 
 def database_url() -> str:
@@ -92,7 +86,11 @@ def http_get(port: int, path: str, timeout: float = 10, headers: dict[str, str] 
 
 
 class GunicornServer:
-    """A real gunicorn (gunicorn.conf.py) serving velro.wsgi on a free port; a context manager."""
+    """A real gunicorn (gunicorn.conf.py) serving velro.wsgi on a free port; a context manager.
+
+    Supervised by loadtest.supervisor.Process: its own process group, its log
+    file, stopped with SIGTERM then SIGKILL to the whole group (the workers too).
+    """
 
     def __init__(
         self,
@@ -115,12 +113,16 @@ class GunicornServer:
         self.ready_path = ready_path
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
-        self.proc: subprocess.Popen | None = None
-        self._log: Any = None
+        self.process: Process | None = None
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        """The gunicorn master's Popen (None before start())."""
+        return None if self.process is None else self.process.popen
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -149,47 +151,34 @@ class GunicornServer:
     def start(self) -> GunicornServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.metrics_dir.mkdir(exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(GUNICORN), "-c", "gunicorn.conf.py", "velro.wsgi:application"],
-            cwd=BASE_DIR,
+        self.process = Process(
+            "gunicorn",
+            [GUNICORN, "-c", "gunicorn.conf.py", "velro.wsgi:application"],
             env=self.environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            log_path=self.log_path,
+            cwd=BASE_DIR,
+            banner=False,  # the log is gunicorn's and the app's only
+            fresh_log=False,
         )
+        self.process.start()
         try:
-            self._wait_ready()
+            self.process.wait_until(
+                self._answers, timeout=self.startup_timeout, what=f"GET {self.ready_path} answering 200"
+            )
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if http_get(self.port, self.ready_path, timeout=2)[0] == 200:
-                    return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn not ready after {self.startup_timeout} s:\n{self.log_tail()}")
-            time.sleep(0.1)
+    def _answers(self) -> bool:
+        try:
+            return http_get(self.port, self.ready_path, timeout=2)[0] == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+        if self.process is not None:
+            self.process.stop(timeout=self.stop_timeout)
 
     def __enter__(self) -> GunicornServer:
         return self.start()

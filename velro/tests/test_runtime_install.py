@@ -210,7 +210,7 @@ def test_a_worker_from_requirements_txt_alone_consumes_a_referral_on_redis(runti
         "You referred rt-redis-friend to Velro"  # the display name of a signup: the email's local part
     ]
     assert worker.task_ids("referrals.process_intent", "succeeded")
-    assert worker.task_ids("referrals.send_email", "succeeded")
+    assert worker.task_ids("notifications.send_email", "succeeded")
 
 
 # --- RabbitMQ ---------------------------------------------------------------------------------------
@@ -308,7 +308,7 @@ def test_a_worker_from_requirements_txt_alone_consumes_a_referral_on_rabbitmq_fr
     assert [m["To"] for m in smtp_server.wait_for(1, timeout=20)] == ["rt-amqp-referrer@example.com"]
     assert smtp_server.events() == {f"referral_credited:{referral.pk}": 1}
     assert worker.task_ids("referrals.process_intent", "succeeded")
-    assert worker.task_ids("referrals.send_email", "succeeded")
+    assert worker.task_ids("notifications.send_email", "succeeded")
     assert any("Global QoS is disabled" in line for line in worker.messages())
 
     queue = _queues(rabbitmq_vhost)["celery"]

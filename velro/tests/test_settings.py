@@ -341,6 +341,14 @@ def test_the_gotrue_issuer_follows_the_site_url_and_an_explicit_issuer_wins():
     assert _started(explicit) == "https://b/auth/v1"
 
 
+def test_gotrue_cors_origins_configure_django_cors_headers():
+    expression = "(settings.CORS_ALLOW_ALL_ORIGINS, settings.CORS_ALLOWED_ORIGINS, settings.CORS_URLS_REGEX)"
+    assert _started(_start(expression, GOTRUE_CORS_ALLOWED_ORIGINS=None)) == "(True, [], '^/auth/v1/')"
+    listed = _start(expression, GOTRUE_CORS_ALLOWED_ORIGINS="https://a.example, https://b.example:8443")
+    assert _started(listed) == "(False, ['https://a.example', 'https://b.example:8443'], '^/auth/v1/')"
+    assert _started(_start(expression, GOTRUE_CORS_ALLOWED_ORIGINS="")) == "(False, [], '^/auth/v1/')"
+
+
 # --- the file-system broker -------------------------------------------------------------------------------------------
 
 

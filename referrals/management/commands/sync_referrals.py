@@ -7,7 +7,7 @@ from referrals.services import referrals_reconcile
 
 
 class Command(BaseCommand):
-    help = "Run the nightly referral sync now: pending intents, counters, users-sync repair."
+    help = "Run the nightly referral sync now: pending intents and credits, missing codes, counters."
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = referrals_reconcile()

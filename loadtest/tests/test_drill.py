@@ -1,9 +1,9 @@
-"""The fault drill (scripts/drill.py), CI length: every fault, zero losses.
+"""The fault drill (python -m loadtest.drill), CI length: every fault, zero losses.
 
 The drill starts its own isolated stack (a `velro_drill_ci_*` database, two
 redis-servers on free ports, gunicorn, a Celery worker and beat, an SMTP
 listener), so this test needs no pytest-django database and touches nothing
-the other tests use. It runs the script as a subprocess, as an operator would,
+the other tests use. It runs the module as a subprocess, as an operator would,
 with a hard timeout; on failure the assertion message carries the drill's
 table and invariant lines, and its logs stay in the test's tmp directory.
 """
@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 BASE_DIR = Path(__file__).resolve().parents[2]
-SCRIPT = BASE_DIR / "scripts" / "drill.py"
 FAULTS = ["cache_redis", "db_stall", "broker_redis", "celery_worker", "gunicorn_worker"]
 INVARIANTS = {
     "signups_present",
@@ -38,7 +37,7 @@ HARD_TIMEOUT = 300  # seconds; the CI run takes about 70-100 s on a 2-core box
 
 def run_drill(tmp_path: Path, *args: str) -> tuple[int, str]:
     process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, "-m", "loadtest.drill", *args],
         cwd=BASE_DIR,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

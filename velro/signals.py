@@ -1,0 +1,18 @@
+"""What the platform layer announces, for observers.
+
+velro imports no app, so it cannot count into an app's metrics itself: it sends
+these signals, and an app that wants to observe (monitoring, for Prometheus)
+connects receivers in its AppConfig.ready(). Sent with the sending class or
+function as `sender` (cached receiver lookup: cheap on the request path).
+"""
+
+from __future__ import annotations
+
+from django.dispatch import Signal
+
+# SafeCache looked keys up: hits=<int>, misses=<int>.
+cache_lookup = Signal(use_caching=True)
+# A cache call failed (the breaker tripped): operation=<str>, exc=<Exception>.
+cache_error = Signal(use_caching=True)
+# A Celery publish failed or was skipped by the open breaker: task=<name>, skipped=<bool>.
+enqueue_failed = Signal(use_caching=True)
