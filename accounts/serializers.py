@@ -135,7 +135,7 @@ class UserOutput(serializers.Serializer):
 
 
 class TokenOutput(serializers.Serializer):
-    """The token body (documentation of token_body())."""
+    """The token body: access token, refresh token and the user (token_body() renders it)."""
 
     access_token = serializers.CharField()
     token_type = serializers.ChoiceField(choices=["bearer"])
@@ -154,11 +154,14 @@ class ApiKeyListOutput(serializers.Serializer):
 
 
 def token_body(tokens: IssuedTokens) -> dict[str, Any]:
-    return {
-        "access_token": tokens.access_token,
-        "token_type": "bearer",
-        "expires_in": tokens.expires_in,
-        "expires_at": tokens.expires_at,
-        "refresh_token": tokens.refresh_token,
-        "user": UserOutput(tokens.user).data,
-    }
+    """The token body, shaped by TokenOutput (its one definition)."""
+    return TokenOutput(
+        {
+            "access_token": tokens.access_token,
+            "token_type": "bearer",
+            "expires_in": tokens.expires_in,
+            "expires_at": tokens.expires_at,
+            "refresh_token": tokens.refresh_token,
+            "user": tokens.user,
+        }
+    ).data

@@ -72,7 +72,7 @@ if (($# == 0)); then
 		.venv/bin/pytest -m "not integration" \
 		accounts/tests/test_signup.py accounts/tests/test_login.py accounts/tests/test_refresh.py \
 		accounts/tests/test_logout.py accounts/tests/test_me.py accounts/tests/test_api_keys.py \
-		accounts/tests/test_tokens.py accounts/tests/test_users_sync.py accounts/tests/test_gotrue_http.py \
+		accounts/tests/test_tokens.py accounts/tests/test_users_sync.py accounts/gotrue/tests/test_http.py \
 		referrals/tests/test_services.py referrals/tests/test_api.py referrals/tests/test_codes.py \
 		notifications/tests/test_services.py
 fi

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.utils import extend_schema_serializer
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from accounts.gotrue.tokens import ROLE, app_metadata, gotrue_access_token_encode, user_email
@@ -131,24 +132,68 @@ def _identities(user: User) -> list[dict[str, Any]]:
     ]
 
 
+class IsoDateTimeField(serializers.DateTimeField):
+    """A timestamp as GoTrue writes it (ISO 8601, `Z` for UTC); null stays null."""
+
+    def to_representation(self, value: datetime | None) -> str | None:
+        return _iso(value)
+
+
+class GoTrueUserOutput(serializers.Serializer):
+    """GoTrue's user object: the one definition of its shape (responses and the contract)."""
+
+    id = serializers.UUIDField()
+    aud = serializers.SerializerMethodField()
+    role = serializers.SerializerMethodField()
+    email = serializers.SerializerMethodField()
+    email_confirmed_at = IsoDateTimeField(allow_null=True)
+    phone = serializers.SerializerMethodField()
+    confirmed_at = IsoDateTimeField(source="email_confirmed_at", allow_null=True)
+    last_sign_in_at = IsoDateTimeField(source="last_login", allow_null=True)
+    app_metadata = serializers.SerializerMethodField()
+    user_metadata = serializers.DictField()
+    identities = serializers.SerializerMethodField()
+    created_at = IsoDateTimeField(source="date_joined")
+    updated_at = serializers.SerializerMethodField()
+    is_anonymous = serializers.BooleanField(source="is_anonymous_user")
+
+    def get_aud(self, user: User) -> str:
+        return settings.GOTRUE_JWT_AUDIENCE
+
+    def get_role(self, user: User) -> str:
+        return ROLE
+
+    def get_email(self, user: User) -> str:
+        return user_email(user)
+
+    def get_phone(self, user: User) -> str:
+        return user.phone or ""
+
+    def get_app_metadata(self, user: User) -> dict:
+        return app_metadata(user)
+
+    def get_identities(self, user: User) -> list[dict]:
+        return _identities(user)
+
+    @extend_schema_field(OpenApiTypes.DATETIME)
+    def get_updated_at(self, user: User) -> str | None:
+        return _iso(user.updated_at or user.date_joined)
+
+
+class GoTrueSessionOutput(serializers.Serializer):
+    """GoTrue's session (token response)."""
+
+    access_token = serializers.CharField()
+    token_type = serializers.ChoiceField(choices=["bearer"])
+    expires_in = serializers.IntegerField()
+    expires_at = serializers.IntegerField()
+    refresh_token = serializers.CharField()
+    user = GoTrueUserOutput()
+
+
 def user_body(user: User) -> dict[str, Any]:
     """GoTrue's user object."""
-    return {
-        "id": str(user.pk),
-        "aud": settings.GOTRUE_JWT_AUDIENCE,
-        "role": ROLE,
-        "email": user_email(user),
-        "email_confirmed_at": _iso(user.email_confirmed_at),
-        "phone": user.phone or "",
-        "confirmed_at": _iso(user.email_confirmed_at),
-        "last_sign_in_at": _iso(user.last_login),
-        "app_metadata": app_metadata(user),
-        "user_metadata": user.user_metadata or {},
-        "identities": _identities(user),
-        "created_at": _iso(user.date_joined),
-        "updated_at": _iso(user.updated_at or user.date_joined),
-        "is_anonymous": bool(user.is_anonymous_user),
-    }
+    return GoTrueUserOutput(user).data
 
 
 def session_body(tokens: IssuedTokens) -> dict[str, Any]:
@@ -162,43 +207,15 @@ def session_body(tokens: IssuedTokens) -> dict[str, Any]:
         expires_at=tokens.expires_at,
         authenticated_at=tokens.authenticated_at,
     )
-    return {
+    session = {
         "access_token": access_token,
         "token_type": "bearer",
         "expires_in": tokens.expires_in,
         "expires_at": tokens.expires_at,
         "refresh_token": tokens.refresh_token,
-        "user": user_body(tokens.user),
+        "user": tokens.user,
     }
-
-
-# --- documentation of the outputs (the published OpenAPI contract) ---------------------
-
-
-class GoTrueUserOutput(serializers.Serializer):
-    id = serializers.UUIDField()
-    aud = serializers.CharField()
-    role = serializers.CharField()
-    email = serializers.CharField(allow_blank=True)
-    email_confirmed_at = serializers.DateTimeField(allow_null=True)
-    phone = serializers.CharField(allow_blank=True)
-    confirmed_at = serializers.DateTimeField(allow_null=True)
-    last_sign_in_at = serializers.DateTimeField(allow_null=True)
-    app_metadata = serializers.DictField()
-    user_metadata = serializers.DictField()
-    identities = serializers.ListField(child=serializers.DictField())
-    created_at = serializers.DateTimeField()
-    updated_at = serializers.DateTimeField()
-    is_anonymous = serializers.BooleanField()
-
-
-class GoTrueSessionOutput(serializers.Serializer):
-    access_token = serializers.CharField()
-    token_type = serializers.ChoiceField(choices=["bearer"])
-    expires_in = serializers.IntegerField()
-    expires_at = serializers.IntegerField()
-    refresh_token = serializers.CharField()
-    user = GoTrueUserOutput()
+    return GoTrueSessionOutput(session).data
 
 
 class GoTrueTokenInput(serializers.Serializer):
