@@ -6,18 +6,17 @@ recipient when an operator deletes the user.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from notifications import services
 from notifications.models import EmailNotification
+from velro.admin import ReadOnlyAdmin
 
 
 @admin.register(EmailNotification)
-class EmailNotificationAdmin(admin.ModelAdmin):
+class EmailNotificationAdmin(ReadOnlyAdmin):
     """View-only (no add, no edit, no direct delete); the retry action needs the
     model's real change permission (`allowed_permissions=("operate",)`)."""
 
@@ -50,24 +49,6 @@ class EmailNotificationAdmin(admin.ModelAdmin):
     )
     readonly_fields = fields
     actions = ["retry_failed"]
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_operate_permission(self, request: HttpRequest) -> bool:
-        return super().has_change_permission(request)
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        # Refused on this model's own pages; allowed when the row is only part
-        # of a cascade (an operator deleting a user).
-        match = getattr(request, "resolver_match", None)
-        own_pages = f"{self.opts.app_label}_{self.opts.model_name}_"
-        if match is not None and (match.url_name or "").startswith(own_pages):
-            return False
-        return super().has_delete_permission(request, obj)
 
     @admin.action(
         description="Retry failed emails (back to pending, attempts reset; the sweeper sends them)",

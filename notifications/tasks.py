@@ -13,14 +13,8 @@ from celery.utils.time import get_exponential_backoff_interval
 from django.db import DatabaseError
 
 from notifications import services
+from velro.tasks import RETRYING
 
-RETRYING = {
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "retry_backoff": 5,  # 5 s, 10 s, 20 s ... capped below
-    "retry_backoff_max": 600,
-    "retry_jitter": True,
-}
 SEND_EMAIL_OPTIONS = {"bind": True, "autoretry_for": (DatabaseError,), "max_retries": 6, **RETRYING}
 
 

@@ -15,14 +15,7 @@ from celery import shared_task
 from django.db import DatabaseError
 
 from referrals import services
-
-RETRYING = {
-    "acks_late": True,
-    "reject_on_worker_lost": True,
-    "retry_backoff": 5,  # 5 s, 10 s, 20 s ... capped below
-    "retry_backoff_max": 600,
-    "retry_jitter": True,
-}
+from velro.tasks import RETRYING
 
 
 @shared_task(name="referrals.process_intent", autoretry_for=(DatabaseError,), max_retries=8, **RETRYING)

@@ -24,6 +24,17 @@ from velro.signals import enqueue_failed
 
 logger = logging.getLogger("velro.tasks")
 
+# The retry policy of every idempotent task: acks_late + reject_on_worker_lost
+# (a worker killed mid-task gets its message redelivered), exponential backoff
+# with full jitter.
+RETRYING = {
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+    "retry_backoff": 5,  # 5 s, 10 s, 20 s ... capped below
+    "retry_backoff_max": 600,
+    "retry_jitter": True,
+}
+
 stats: Counter[str] = Counter()
 
 breaker = Breaker(

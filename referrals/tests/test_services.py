@@ -8,7 +8,6 @@ the services, the sweeper and the nightly sync must finish.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -19,7 +18,7 @@ import psycopg
 import pytest
 from django.core import mail
 from django.core.management import call_command
-from django.db import connection, connections
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -44,6 +43,7 @@ from referrals.tests.factories import (
     refer,
     refer_rejected,
 )
+from velro.tests.support import run_concurrently
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -631,29 +631,6 @@ def test_an_intent_locked_by_another_worker_is_skipped_without_waiting():
     # The lock is released: the next attempt processes it.
     assert services.referral_intent_process(intent_id=intent.pk) == "credited"
     assert credited_count(referrer) == 1
-
-
-def run_concurrently(work, n: int = 6) -> list:
-    barrier = threading.Barrier(n)
-    results: list = []
-    errors: list[BaseException] = []
-
-    def runner():
-        try:
-            barrier.wait(timeout=10)
-            results.append(work())
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=runner) for _ in range(n)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not errors, errors
-    return results
 
 
 @pytest.mark.postgresql

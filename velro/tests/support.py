@@ -409,3 +409,33 @@ class TcpProxy:
                     sock.shutdown(socket.SHUT_RDWR)
                 sock.close()
             self._sockets.clear()
+
+
+# --- racing threads ---------------------------------------------------------------------------
+
+
+def run_concurrently(work: Any, n: int = 6) -> list:
+    """Run `work()` in `n` threads released at once by a barrier; their results
+    (every thread's database connection closed after). Fails on any exception."""
+    from django.db import connections
+
+    barrier = threading.Barrier(n)
+    results: list = []
+    errors: list[BaseException] = []
+
+    def runner() -> None:
+        try:
+            barrier.wait(timeout=10)
+            results.append(work())
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=runner) for _ in range(n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors, errors
+    return results
