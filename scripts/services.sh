@@ -14,6 +14,8 @@
 #                            each test runs its own pgbouncer, the system service is not used)
 #   ensure_promtool          promtool (Debian's prometheus package) for monitoring/tests/test_alert_rules.py
 #                            (installs it if missing)
+#   ensure_nginx             Debian's nginx binary for velro/tests/test_nginx.py (installs it if missing;
+#                            each test runs its own master on a free port, the system service is not used)
 #   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
 #                            (installs it with apt-get if missing; fails soft: warns, returns 0)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
@@ -323,6 +325,18 @@ ensure_promtool() {
 	_setup_log "promtool not installed: installing Debian's prometheus (for the alert-rule tests)"
 	_apt_install prometheus || return 1
 	_have promtool || _setup_die "promtool missing after installing prometheus" || return 1
+}
+
+# --- nginx (the reverse proxy tests run deploy/nginx/velro.conf under their own master) ----
+
+ensure_nginx() {
+	if _have nginx || [[ -x /usr/sbin/nginx ]]; then
+		_setup_log "nginx ready"
+		return 0
+	fi
+	_setup_log "nginx not installed: installing Debian's nginx (the reverse proxy tests start their own)"
+	_apt_install nginx || return 1
+	[[ -x /usr/sbin/nginx ]] || _setup_die "nginx missing after installing it" || return 1
 }
 
 # --- Chromium (admin browser test) ---------------------------------------------------

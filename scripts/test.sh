@@ -23,6 +23,7 @@ ensure_rabbitmq
 ensure_chromium
 ensure_pgbouncer
 ensure_promtool
+ensure_nginx
 ensure_venv requirements-dev.txt
 
 if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then
