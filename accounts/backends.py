@@ -17,7 +17,11 @@ class ThrottledModelBackend(ModelBackend):
     """ModelBackend, but every password check goes through flows.admin_login:
     rate limited per address and per account (owner-safe), timing-safe for
     unknown users, audited. A limit answers PermissionDenied, which stops
-    django.contrib.auth.authenticate() from trying anything else."""
+    django.contrib.auth.authenticate() from trying anything else. A sign-in
+    shed by admission control (velro.errors.Overloaded: no hashing slot, or
+    the client gone) is left to propagate: authenticate() does not catch it,
+    and velro.errors.DatabaseUnavailableMiddleware answers 503 `overloaded` +
+    Retry-After (a PermissionDenied would read as a wrong password)."""
 
     def authenticate(
         self, request: HttpRequest | None, username: str | None = None, password: str | None = None, **kwargs: Any

@@ -1,8 +1,16 @@
 """What an auth operation does, in order, for both API surfaces.
 
-throttle -> service -> audit -> result. The native views (accounts.views) and
-the GoTrue views (accounts.gotrue.views) call these and differ only in their
-serializers and error mapping, so a rule added here holds on both.
+admission -> throttle -> service -> audit -> result. The native views
+(accounts.views) and the GoTrue views (accounts.gotrue.views) call these and
+differ only in their serializers and error mapping, so a rule added here holds
+on both (and on the Django admin's sign-in, accounts.backends).
+
+Admission (velro.admission): a login whose client has already gone, or that
+waited longer than HASH_MAX_REQUEST_AGE_MS, is shed (503 `overloaded`) before
+the rate limits and the user read; the verify itself then holds a
+password-hashing slot (services.user_authenticate), checked again once the
+slot is had. A shed login verifies nothing and writes nothing: no session for
+a client that is not there to receive it.
 """
 
 from __future__ import annotations
@@ -14,15 +22,17 @@ from accounts.models import User
 from accounts.services import IssuedTokens
 from monitoring import audit
 from monitoring.models import AuditEvent
-from velro.errors import InvalidCredentials, RefreshTokenReused
+from velro import admission
+from velro.errors import InvalidCredentials, Overloaded, RefreshTokenReused
 from velro.net import client_ip, user_agent
 
 
 def _authenticate(
     *, request: HttpRequest, password: str, email: str | None, username: str | None, surface: str
 ) -> tuple[User, str]:
-    """Rate limits (per address; per account, owner-safe), one user read, one
-    argon2id verify; a failure is audited. Returns (user, account key)."""
+    """Admission, rate limits (per address; per account, owner-safe), one user
+    read, one argon2id verify; a failure is audited. Returns (user, account key)."""
+    admission.admit(request)
     ip = client_ip(request)
     identifier = email if email is not None else (username or "")
     throttles.login_ip_guard(ip=ip)
@@ -34,9 +44,26 @@ def _authenticate(
         known_source=lambda: user is not None and selectors.user_signed_in_from(user_id=user.pk, ip=ip),
     )
     try:
-        return services.user_authenticate(user=user, password=password), account
+        return services.user_authenticate(user=user, password=password, request=request), account
     except InvalidCredentials:
         audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **_surface(surface))
+        raise
+    except Overloaded:
+        # Shed before any verify: no guess was spent, so the failure counted
+        # in advance by login_account_guard is handed back (else an overload
+        # would lock owners out of their accounts).
+        throttles.login_succeeded(ip=ip, account=account)
+        raise
+
+
+def _still_connected(*, request: HttpRequest, account: str) -> None:
+    """After a right password: shed (Overloaded) if the client left during the
+    verify, so no session is made for nobody; the failure counted in advance is
+    handed back (the password was right)."""
+    try:
+        admission.ensure_client(request)
+    except Overloaded:
+        throttles.login_succeeded(ip=client_ip(request), account=account)
         raise
 
 
@@ -48,8 +75,10 @@ def password_login(
     username: str | None = None,
     surface: str = "native",
 ) -> IssuedTokens:
-    """Sign in with a password: the checks above, then the session insert."""
+    """Sign in with a password: the checks above, then (the client still
+    connected) the session insert."""
     user, account = _authenticate(request=request, password=password, email=email, username=username, surface=surface)
+    _still_connected(request=request, account=account)
     tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
     throttles.login_succeeded(ip=client_ip(request), account=account)
     audit.record(
@@ -60,8 +89,10 @@ def password_login(
 
 def admin_login(*, request: HttpRequest, email: str, password: str) -> User:
     """The Django admin's sign-in (accounts.backends): the API's limits and
-    audit trail, no API session. Raises InvalidCredentials / RateLimited."""
+    audit trail, no API session. Raises InvalidCredentials / RateLimited /
+    Overloaded."""
     user, account = _authenticate(request=request, password=password, email=email, username=None, surface="admin")
+    _still_connected(request=request, account=account)
     throttles.login_succeeded(ip=client_ip(request), account=account)
     audit.record(AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=user.pk, surface="admin")
     return user

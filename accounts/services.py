@@ -1,7 +1,9 @@
 """Writes for accounts: signup, login, refresh, logout, profile, password, users-sync.
 
 Rules kept here: no transaction is open while a password is hashed; every
-function is keyword-only and typed; errors are ApiError subclasses.
+hash and verify holds a password-hashing slot (velro.admission: bounded, shed
+with 503 `overloaded` when none is free); every function is keyword-only and
+typed; errors are ApiError subclasses.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import QuerySet
+from django.http import HttpRequest
 from django.utils import timezone
 from rest_framework.exceptions import ErrorDetail, ValidationError
 
@@ -40,6 +43,7 @@ from accounts.tokens import (
     refresh_token_new,
     refresh_token_successor,
 )
+from velro.admission import password_hashing
 from velro.db import db_budget
 from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken, RefreshTokenReused
 
@@ -301,11 +305,13 @@ def user_signup(
     user_agent: str = "",
     display_name: str = "",
     user_metadata: dict | None = None,
+    request: HttpRequest | None = None,
 ) -> IssuedTokens:
     """Create the user, mirror, session and primary API key in one transaction,
     and announce it there (events.user_signed_up): the receivers (the referral
     code, intent and welcome email) write in the same transaction, so a broker
-    outage delays that work but cannot lose it."""
+    outage delays that work but cannot lose it. With `request`, a signup whose
+    client has gone (or that waited too long) is shed before the hash."""
     email = normalize_email(email)
     candidate = User(
         email=email, username=username or None, display_name=display_name, user_metadata=user_metadata or {}
@@ -313,7 +319,8 @@ def user_signup(
     password_validate(password=password, user=candidate)
     # Hash before the transaction opens: no row locks or open transaction
     # are held for the ~20 ms of argon2.
-    candidate.password = make_password(password)
+    with password_hashing(request):
+        candidate.password = make_password(password)
     now = timezone.now()
     candidate.date_joined = now
     candidate.last_login = now
@@ -331,24 +338,28 @@ def user_signup(
     return replace(tokens, api_key=primary_key)
 
 
-def user_authenticate(*, user: User | None, password: str) -> User:
+def user_authenticate(*, user: User | None, password: str, request: HttpRequest | None = None) -> User:
     """One argon2id verify, whoever asks (the user was read by
     selectors.user_for_login: one indexed read).
 
     Unknown users, users without a usable password and inactive users cost
-    the same verify and get the same error as a wrong password.
+    the same verify and get the same error as a wrong password. The verify
+    holds a password-hashing slot, taken the same way for all of them: with
+    none free in time, or the request's client gone, Overloaded (503), and no
+    verify at all.
     """
-    if user is None or not user.has_usable_password():
-        password_verify_dummy(password=password)
-        raise InvalidCredentials()
-    if not user.is_active:
-        # The same verify, but nothing written: a refused login changes
-        # nothing (no hash upgrade for a banned or deactivated account).
-        check_password(password, user.password)
-        raise InvalidCredentials()
-    # check_password upgrades a PBKDF2/bcrypt/weaker-argon2 hash on success.
-    if not user.check_password(password):
-        raise InvalidCredentials()
+    with password_hashing(request):
+        if user is None or not user.has_usable_password():
+            password_verify_dummy(password=password)
+            raise InvalidCredentials()
+        if not user.is_active:
+            # The same verify, but nothing written: a refused login changes
+            # nothing (no hash upgrade for a banned or deactivated account).
+            check_password(password, user.password)
+            raise InvalidCredentials()
+        # check_password upgrades a PBKDF2/bcrypt/weaker-argon2 hash on success.
+        if not user.check_password(password):
+            raise InvalidCredentials()
     return user
 
 
@@ -415,21 +426,29 @@ def user_update_profile(
 
 
 def user_change_password(
-    *, user_id: uuid.UUID, session_id: uuid.UUID, current_password: str | None, new_password: str
+    *,
+    user_id: uuid.UUID,
+    session_id: uuid.UUID,
+    current_password: str | None,
+    new_password: str,
+    request: HttpRequest | None = None,
 ) -> None:
     """Set a new password and end every other session of the user.
 
     current_password=None: the caller's session is the proof (GoTrue's
     PUT /user); the new password must then differ from the current one.
+    The verify and the new hash hold one password-hashing slot (Overloaded
+    when none is free in time, or, with `request`, when its client has gone).
     """
     user = User.objects.get(pk=user_id)
-    if current_password is not None and not user.check_password(current_password):
-        raise ValidationError({"current_password": ["Current password is incorrect."]})
-    password_validate(password=new_password, user=user, field_name="new_password")
-    # Plain check_password: no hash upgrade written for a password being replaced.
-    if current_password is None and user.has_usable_password() and check_password(new_password, user.password):
-        raise SamePassword()
-    user.set_password(new_password)  # hashed outside the transaction
+    with password_hashing(request):
+        if current_password is not None and not user.check_password(current_password):
+            raise ValidationError({"current_password": ["Current password is incorrect."]})
+        password_validate(password=new_password, user=user, field_name="new_password")
+        # Plain check_password: no hash upgrade written for a password being replaced.
+        if current_password is None and user.has_usable_password() and check_password(new_password, user.password):
+            raise SamePassword()
+        user.set_password(new_password)  # hashed outside the transaction
     user.keep_session_id = session_id
     with db_budget():
         # The model announces the change (password_replaced), which ends the

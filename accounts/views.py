@@ -51,6 +51,7 @@ class SignupView(PublicView):
         data = SignupInput(data=request.data)
         data.is_valid(raise_exception=True)
         tokens = services.user_signup(
+            request=request,
             email=data.validated_data["email"],
             password=data.validated_data["password"],
             username=data.validated_data.get("username") or None,
@@ -143,6 +144,7 @@ class PasswordChangeView(APIView):
         data = PasswordChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
         services.user_change_password(
+            request=request,
             user_id=request.user.pk,
             session_id=request.auth.session_id,
             current_password=data.validated_data["current_password"],

@@ -106,6 +106,20 @@ class Unavailable(ApiError):
     detail = "Service temporarily unavailable; try again shortly"
 
 
+class Overloaded(ApiError):
+    """Shed by admission control (velro.admission) before any costly work: every
+    slot was busy, or the client had gone, or the request had waited too long.
+    `reason` says which (logged and counted, not shown to the client)."""
+
+    status = 503
+    code = "overloaded"
+    detail = "Server busy; try again shortly"
+
+    def __init__(self, detail: str | None = None, *, reason: str = "queue_full") -> None:
+        super().__init__(detail, headers={"Retry-After": RETRY_AFTER_SECONDS})
+        self.reason = reason
+
+
 def error_body(code: str, detail: str, fields: dict | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"error": code, "detail": detail}
     if fields is not None:
@@ -137,6 +151,12 @@ _DRF_CODES: list[tuple[type[drf.APIException], str]] = [
 
 def unavailable_response() -> JsonResponse:
     response = JsonResponse(error_body(Unavailable.code, Unavailable.detail), status=503)
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
+
+
+def overloaded_response() -> JsonResponse:
+    response = JsonResponse(error_body(Overloaded.code, Overloaded.detail), status=503)
     response["Retry-After"] = RETRY_AFTER_SECONDS
     return response
 
@@ -287,7 +307,9 @@ def api_exception_handler(exc: Exception, context: dict) -> Response | None:
 
 class DatabaseUnavailableMiddleware:
     """Turns a database outage outside DRF views (admin, middleware) into 503 JSON,
-    and a client mistake Django detects in a view (admin) into a logged 4xx."""
+    a shed sign-in (the admin's login under overload: Overloaded) into 503
+    `overloaded`, and a client mistake Django detects in a view (admin) into a
+    logged 4xx."""
 
     def __init__(self, get_response: Any) -> None:
         self.get_response = get_response
@@ -299,6 +321,8 @@ class DatabaseUnavailableMiddleware:
         if isinstance(exception, (OperationalError, InterfaceError)):
             database_unavailable(exception)
             return unavailable_response()
+        if isinstance(exception, Overloaded):
+            return overloaded_response()
         return client_error_response(request, exception)
 
 

@@ -25,7 +25,7 @@ _DESCRIPTIONS = {
     413: "payload_too_large (body over REQUEST_BODY_MAX_BYTES; the connection is closed)",
     415: "unsupported_media_type (the API takes JSON)",
     429: "rate_limited, with Retry-After",
-    503: "unavailable (database timed out or down), with Retry-After",
+    503: "unavailable (database timed out or down) or overloaded (password work shed), with Retry-After",
 }
 
 

@@ -398,6 +398,25 @@ RATELIMIT_REFRESH_IP = _rate("RATELIMIT_REFRESH_IP", "150/300")
 RATELIMIT_PASSWORD_USER = _rate("RATELIMIT_PASSWORD_USER", "10/900")
 RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
 
+# Admission control of password hashing (velro/admission.py). argon2id is
+# CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.
+# Per process: HASH_CONCURRENCY hashes at once (default: the cores this
+# process may run on shared among gunicorn's WEB_CONCURRENCY workers, at least
+# 1; set it under a CPU quota, which the default cannot see); at most
+# HASH_QUEUE_MAX requests wait for a slot, each at most HASH_QUEUE_TIMEOUT_MS
+# (a full queue drains within it: 4 hashes of ~100 ms when 5 workers share 2
+# cores); a login whose client has gone, or that has waited more than
+# HASH_MAX_REQUEST_AGE_MS since its last byte arrived (gunicorn's queue
+# included; 0 = no limit), is not hashed. Everything shed answers 503
+# `overloaded` + Retry-After at once.
+_CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+# gunicorn.conf.py's default worker count (it counts every core of the host).
+_WEB_WORKERS = _int("WEB_CONCURRENCY", min((os.cpu_count() or 1) * 2 + 1, 9), minimum=1)
+HASH_CONCURRENCY = _int("HASH_CONCURRENCY", max(1, _CPUS // _WEB_WORKERS), minimum=1)
+HASH_QUEUE_MAX = _int("HASH_QUEUE_MAX", 4)
+HASH_QUEUE_TIMEOUT_MS = _int("HASH_QUEUE_TIMEOUT_MS", 500)
+HASH_MAX_REQUEST_AGE_MS = _int("HASH_MAX_REQUEST_AGE_MS", 2000)
+
 # How many reverse proxies (load balancer, nginx) sit in front of gunicorn.
 # X-Forwarded-For is read only this many hops from the right; 0 = ignore it.
 TRUSTED_PROXY_COUNT = _int("TRUSTED_PROXY_COUNT", 0)

@@ -16,3 +16,7 @@ cache_lookup = Signal(use_caching=True)
 cache_error = Signal(use_caching=True)
 # A Celery publish failed or was skipped by the open breaker: task=<name>, skipped=<bool>.
 enqueue_failed = Signal(use_caching=True)
+# Admission control shed a request before its costly work (velro.admission):
+# name=<admission, e.g. "password_hash">, reason=<queue_full | queue_timeout |
+# client_gone | too_old>. Count it (a counter by name and reason).
+admission_shed = Signal(use_caching=True)

@@ -30,6 +30,7 @@ from velro.errors import (
     Conflict,
     InvalidCredentials,
     InvalidRefreshToken,
+    Overloaded,
     RateLimited,
     RefreshTokenReused,
     Unavailable,
@@ -44,6 +45,7 @@ logger = logging.getLogger("velro.gotrue")
 API_VERSION_HEADER = "X-Supabase-Api-Version"
 API_VERSION_2024_01_01 = "2024-01-01"
 _FIRST_VERSIONED = date(2024, 1, 1)
+OVERLOADED_MESSAGE = "Server overloaded, please retry after a moment"
 
 
 class GoTrueError(drf.APIException):
@@ -186,6 +188,11 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
         return GoTrueError(*_REFRESH_REJECTED["not_found"])
     if isinstance(exc, RateLimited):
         return GoTrueError(429, "over_request_rate_limit", "Request rate limit reached", headers=exc.headers)
+    if isinstance(exc, Overloaded):
+        # GoTrue has no overload code; its vocabulary's 5xx one, with a 503 that
+        # supabase-js and supabase-py treat as retryable (AuthRetryableFetchError),
+        # unlike a 429, which they report as the caller's own rate limit.
+        return GoTrueError(503, "unexpected_failure", OVERLOADED_MESSAGE, headers=dict(exc.headers))
     if isinstance(exc, (Unavailable, OperationalError, InterfaceError)):
         if not isinstance(exc, ApiError):
             database_unavailable(exc)  # the native surface's path: the breaker trips here too

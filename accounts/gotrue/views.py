@@ -149,6 +149,7 @@ class SignupView(PublicGoTrueView):
         metadata = data.get("data") or {}
         try:
             tokens = services.user_signup(
+                request=request,
                 email=email,
                 password=password,
                 display_name=display_name_from(metadata),
@@ -242,6 +243,7 @@ class UserView(GoTrueView):
             raise GoTrueError(422, "same_password", services.SamePassword.detail)
         try:
             services.user_change_password(
+                request=request,
                 user_id=request.user.pk,
                 session_id=request.auth.session_id,
                 current_password=current_password,
