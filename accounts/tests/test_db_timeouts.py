@@ -15,8 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -28,6 +26,7 @@ from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tokens import refresh_token_hash
 from velro.db import db_budget
+from velro.tests.support import stalled_inserts
 
 LOGIN = "/api/v1/auth/login"
 SIGNUP = "/api/v1/auth/signup"
@@ -75,24 +74,6 @@ def second_connection() -> psycopg.Connection:
         "port": s.get("PORT"),
     }
     return psycopg.connect(connect_timeout=5, **{k: v for k, v in params.items() if v})
-
-
-@contextmanager
-def stalled_inserts(table: str, seconds: int = 5) -> Iterator[None]:
-    """Every INSERT into `table` sleeps `seconds` first (a committed BEFORE INSERT trigger)."""
-    name = f"velro_test_stall_{table}"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$"
-            f" BEGIN PERFORM pg_sleep({int(seconds)}); RETURN NEW; END $$"
-        )
-        cursor.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-            cursor.execute(f"DROP FUNCTION IF EXISTS {name}()")
 
 
 def assert_unavailable(response) -> None:

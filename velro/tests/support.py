@@ -439,3 +439,26 @@ def run_concurrently(work: Any, n: int = 6) -> list:
         thread.join(timeout=30)
     assert not errors, errors
     return results
+
+
+# --- a stalled database ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def stalled_inserts(table: str, seconds: int = 5) -> Any:
+    """Every INSERT into `table` sleeps `seconds` first (a committed BEFORE INSERT trigger)."""
+    from django.db import connection
+
+    name = f"velro_test_stall_{table}"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$"
+            f" BEGIN PERFORM pg_sleep({int(seconds)}); RETURN NEW; END $$"
+        )
+        cursor.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+            cursor.execute(f"DROP FUNCTION IF EXISTS {name}()")

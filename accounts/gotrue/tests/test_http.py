@@ -8,8 +8,6 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 import jwt
@@ -26,6 +24,7 @@ from accounts.tokens import derived_key
 from monitoring import audit
 from monitoring.models import AuditEvent
 from referrals.models import ReferralCode
+from velro.tests.support import stalled_inserts
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -790,24 +789,6 @@ def test_the_native_api_keeps_its_own_error_shape(api, user):
 
 
 # --- database trouble ------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def stalled_inserts(table: str, seconds: int = 5) -> Iterator[None]:
-    """Every INSERT into `table` sleeps first (a committed BEFORE INSERT trigger)."""
-    name = f"velro_test_gotrue_stall_{table}"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$"
-            f" BEGIN PERFORM pg_sleep({int(seconds)}); RETURN NEW; END $$"
-        )
-        cursor.execute(f"CREATE TRIGGER {name} BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-            cursor.execute(f"DROP FUNCTION IF EXISTS {name}()")
 
 
 @pytest.mark.postgresql
