@@ -462,3 +462,24 @@ def stalled_inserts(table: str, seconds: int = 5) -> Any:
         with connection.cursor() as cursor:
             cursor.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
             cursor.execute(f"DROP FUNCTION IF EXISTS {name}()")
+
+
+# --- tools the integration tests need ---------------------------------------------------------------
+
+
+def required_binary(name: str, why: str) -> str:
+    """The path of Debian's `name` (scripts/test.sh installs it): a CI run without it
+    fails loudly (`why` says which tests need it); a local run skips."""
+    import shutil
+
+    import pytest
+
+    found = shutil.which(name) or next(
+        (path for path in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(path, os.X_OK)), None
+    )
+    if found is None:
+        reason = f"{name} is not installed (Debian/Ubuntu: apt-get install {name})"
+        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
+            pytest.fail(f"{reason}: CI must run {why}", pytrace=False)
+        pytest.skip(reason)
+    return found

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -31,7 +30,7 @@ from django.conf import settings
 from loadtest.supervisor import Process
 from monitoring.models import AuditEvent
 from velro.errors import DEFAULT_BODY_LIMIT, RETRY_AFTER_SECONDS, Unavailable, unavailable_response
-from velro.tests.support import BASE_DIR, HOST, GunicornServer, KeepAliveClient, free_port, http_get
+from velro.tests.support import BASE_DIR, HOST, GunicornServer, KeepAliveClient, free_port, http_get, required_binary
 
 pytestmark = pytest.mark.integration
 
@@ -49,15 +48,7 @@ LOGIN_LIMIT = 3  # RATELIMIT_LOGIN_IP for the gunicorn below: 3 an hour per addr
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or next(
-        (path for path in ("/usr/sbin/nginx", "/usr/bin/nginx") if os.access(path, os.X_OK)), None
-    )
-    if found is None:
-        reason = "nginx is not installed (Debian/Ubuntu: apt-get install nginx)"
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-            pytest.fail(f"{reason}: CI must run the reverse proxy tests", pytrace=False)
-        pytest.skip(reason)
-    return found
+    return required_binary("nginx", "the reverse proxy tests")
 
 
 def site_config(listen_port: int, upstream_port: int) -> str:

@@ -21,7 +21,6 @@ import io
 import json
 import os
 import pwd
-import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from psycopg import sql
 
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from velro.db import TIMEOUT_SETTINGS, connection_timeouts, timeout_ms
-from velro.tests.support import BASE_DIR, HOST, free_port, user_exists
+from velro.tests.support import BASE_DIR, HOST, free_port, required_binary, user_exists
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
@@ -47,15 +46,7 @@ LOGIN = "/api/v1/auth/login"
 
 
 def pgbouncer_binary() -> str:
-    found = shutil.which("pgbouncer") or next(
-        (path for path in ("/usr/sbin/pgbouncer", "/usr/bin/pgbouncer") if os.access(path, os.X_OK)), None
-    )
-    if found is None:
-        reason = "pgbouncer is not installed (Debian/Ubuntu: apt-get install pgbouncer)"
-        if os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}:
-            pytest.fail(f"{reason}: CI must run the PgBouncer tests", pytrace=False)
-        pytest.skip(reason)
-    return found
+    return required_binary("pgbouncer", "the PgBouncer tests")
 
 
 def direct_params() -> dict[str, object]:
