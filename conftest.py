@@ -10,8 +10,11 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
+from accounts import tokens
 from accounts.revocations import feed as revocation_feed
+from accounts.selectors import session_l1
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import Clock
 from monitoring import audit
 from monitoring.checks import readiness_reset
 from velro.cache import safe_cache
@@ -38,6 +41,8 @@ def _reset_shared_state() -> None:
     readiness_reset()
     audit.flush_discard()
     revocation_feed.reset()
+    session_l1.clear()
+    tokens.verified_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -145,3 +150,16 @@ def start_gunicorn(tmp_path):
     yield _start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def feed_on(settings):
+    """The process feed, on, with a hand-driven clock and no poller thread."""
+    settings.REVOCATION_FEED_INTERVAL_SECONDS = 0.5
+    settings.REVOCATION_FEED_MAX_LAG_SECONDS = 1.0
+    clock = Clock()
+    revocation_feed.reset(clock=clock)
+    revocation_feed.ensure_started = lambda: None  # polled by hand
+    yield clock
+    del revocation_feed.ensure_started
+    revocation_feed.reset()

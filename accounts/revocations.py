@@ -68,6 +68,9 @@ def revocation_record(*, kind: RevocationKind, subjects: Iterable[str]) -> None:
         return
     now = timezone.now()
     Revocation.objects.bulk_create([Revocation(kind=kind, subject=subject, created_at=now) for subject in subjects])
+    # This process stops trusting its cached copies (its L1 included) at once;
+    # a rollback only costs it cache hits on these subjects for a while.
+    feed.note(kind, subjects)
     tombstones_write(kind, subjects)
     if connection.in_atomic_block:
         transaction.on_commit(lambda: tombstones_write(kind, subjects))
@@ -110,6 +113,13 @@ class RevocationFeed:
             if self._clock() - self._polled_at > settings.REVOCATION_FEED_MAX_LAG_SECONDS:
                 return False  # our view may be older than the bound: ask PostgreSQL
             return not any(subject in self._revoked for subject in subjects)
+
+    def note(self, kind: str, subjects: Iterable[str]) -> None:
+        """A revocation made by this process: distrust its subjects now, not at the next poll."""
+        forget_after = self._clock() + settings.CACHE_TTL + 60
+        with self._lock:
+            for subject in subjects:
+                self._revoked[(str(kind), str(subject))] = forget_after
 
     # --- polling ---------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -29,6 +30,7 @@ from django.utils.dateparse import parse_datetime
 from accounts.models import ApiKey, PublicUser, RevocationKind, Role, Session, User
 from accounts.revocations import feed, tombstone_key
 from velro.cache import GENERATION_KEY, safe_cache
+from velro.localcache import LocalCache
 
 
 def user_key(user_id: uuid.UUID | str) -> str:
@@ -72,10 +74,36 @@ def cache_invalidate(keys: Iterable[str]) -> None:
 
 def user_cache_invalidate(*, user_id: uuid.UUID) -> None:
     cache_invalidate([user_key(user_id)])
+    _l1_drop_all()  # the L1 is keyed by session: a user's change drops it whole (writes are rare)
 
 
 def session_cache_invalidate(*, session_ids: Iterable[uuid.UUID]) -> None:
+    session_ids = list(session_ids)
     cache_invalidate([session_key(sid) for sid in session_ids])
+    for sid in session_ids:
+        session_l1.pop(str(sid))
+
+
+# --- the L1: this process's verified sessions ---------------------------------------
+#
+# session id -> (session state, user snapshot), as last verified against Redis
+# or PostgreSQL. A hit is used only while the revocation feed is fresh and
+# knows no revocation of the session or its user (the same rule as a Redis
+# entry), so a revocation ends it within the feed's bound, and at once in the
+# process that revoked. Anything else about the user is at most
+# AUTH_L1_TTL_SECONDS old. Off when the feed is off (nothing would bound it).
+
+session_l1 = LocalCache(max_entries=50_000)
+
+
+def _l1_enabled() -> bool:
+    return settings.AUTH_L1_TTL_SECONDS > 0 and feed.enabled
+
+
+def _l1_drop_all() -> None:
+    session_l1.clear()
+    if connection.in_atomic_block:
+        transaction.on_commit(session_l1.clear)
 
 
 def api_key_cache_invalidate(*, key_hashes: Iterable[str]) -> None:
@@ -219,12 +247,18 @@ def _user_from_entry(entry: dict[str, Any]) -> User:
 def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime | None = None) -> User | None:
     """The user behind an access token, or None when its session has ended.
 
+    L1 hit (this process verified it within AUTH_L1_TTL_SECONDS): no round trip.
     Warm cache: one Redis round trip (session state, user, generation), no SQL.
     Cold: one SQL query, whose answer is cached.
     """
     now = now or timezone.now()
-    skey, ukey = session_key(session_id), user_key(user_id)
     subjects = ((RevocationKind.SESSION, str(session_id)), (RevocationKind.USER, str(user_id)))
+    l1 = _l1_enabled()
+    if l1:
+        hit = session_l1.get(str(session_id), settings.AUTH_L1_TTL_SECONDS)
+        if hit is not None and _usable(hit[0], user_id, now) and feed.trusts_cached(*subjects):
+            return _user_from_entry(hit[1])
+    skey, ukey = session_key(session_id), user_key(user_id)
     found = safe_cache.get_many([skey, ukey, *_tombstones(*subjects), GENERATION_KEY], counted=[skey, ukey])
     generation = safe_cache.generation(found)
     state, snapshot = _fresh(found.get(skey), generation), _fresh(found.get(ukey), generation)
@@ -235,24 +269,32 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
         if snapshot is not None and not snapshot["is_active"]:
             return None
         if snapshot is not None and _trusted(found, *subjects):
+            if l1:
+                session_l1.set(str(session_id), (state, snapshot))
             return _user_from_entry(snapshot)
 
     session = Session.objects.select_related(*user_related("user")).filter(pk=session_id, user_id=user_id).first()
     if session is None:
         return None
     user = session.user
-    safe_cache.set_many(
-        {
-            skey: {
-                "g": generation,
-                "user": str(user.pk),
-                "exp": session.expires_at.timestamp(),
-                "revoked": session.revoked_at is not None,
-            },
-            ukey: _user_entry(user, generation),
-        }
-    )
-    return user if session.is_active(now) and user.is_active else None
+    state = {
+        "g": generation,
+        "user": str(user.pk),
+        "exp": session.expires_at.timestamp(),
+        "revoked": session.revoked_at is not None,
+    }
+    entry = _user_entry(user, generation)
+    safe_cache.set_many({skey: state, ukey: entry})
+    if not (session.is_active(now) and user.is_active):
+        return None
+    if l1:
+        session_l1.set(str(session_id), (state, entry))
+    return user
+
+
+def _usable(state: dict[str, Any], user_id: uuid.UUID, now: datetime) -> bool:
+    """A verified session state still says yes (the L1 keeps only active ones; expiry moves on)."""
+    return not state["revoked"] and state["user"] == str(user_id) and state["exp"] > now.timestamp()
 
 
 # --- API keys -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from rest_framework import serializers
 from accounts.models import User
 from accounts.selectors import user_field
 from accounts.services import IssuedTokens
+from velro.rendering import render
 
 USERNAME_VALIDATOR = RegexValidator(
     r"^[A-Za-z0-9_.-]{3,30}$", "3-30 characters: letters, digits, '_', '.', '-'.", code="invalid_username"
@@ -155,7 +156,8 @@ class ApiKeyListOutput(serializers.Serializer):
 
 def token_body(tokens: IssuedTokens) -> dict[str, Any]:
     """The token body, shaped by TokenOutput (its one definition)."""
-    return TokenOutput(
+    return render(
+        TokenOutput,
         {
             "access_token": tokens.access_token,
             "token_type": "bearer",
@@ -163,5 +165,5 @@ def token_body(tokens: IssuedTokens) -> dict[str, Any]:
             "expires_at": tokens.expires_at,
             "refresh_token": tokens.refresh_token,
             "user": tokens.user,
-        }
-    ).data
+        },
+    )

@@ -44,7 +44,7 @@ from accounts.tokens import (
     refresh_token_successor,
 )
 from velro.admission import password_hashing
-from velro.db import db_budget
+from velro.db import db_budget, db_release
 from velro.errors import ApiError, Conflict, InvalidCredentials, InvalidRefreshToken, RefreshTokenReused
 
 logger = logging.getLogger("velro.accounts")
@@ -348,6 +348,7 @@ def user_authenticate(*, user: User | None, password: str, request: HttpRequest 
     none free in time, or the request's client gone, Overloaded (503), and no
     verify at all.
     """
+    db_release()  # the wait for a slot and the verify need no connection
     with password_hashing(request):
         if user is None or not user.has_usable_password():
             password_verify_dummy(password=password)

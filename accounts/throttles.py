@@ -34,25 +34,26 @@ def login_account_guard(*, ip: str | None, account: str, known_source: Callable[
     checked, so no burst gets more checks than the limit allows.
     login_succeeded() hands the slots back.
 
-    Two budgets: per account and source address (small: one address guessing
-    stops soon), and per account from anywhere (caps a distributed attack).
-    The second does not apply to an address the account has signed in from
-    before (`known_source`, asked only once it is exhausted): strangers
-    spreading failures over many addresses cannot lock the owner out
-    (OWASP: lockout as denial of service), while guessing from unknown
-    addresses stays capped."""
-    limiter.hit(*_account_ip(account, ip))
-    try:
-        limiter.hit(*_account(account))
-    except RateLimited:
-        if not known_source():
-            limiter.add(*_account_ip(account, ip), amount=-1)  # refused: no check was spent
-            raise
+    Two budgets, counted in one cache round trip: per account and source
+    address (small: one address guessing stops soon), and per account from
+    anywhere (caps a distributed attack). An attempt refused by the first is
+    not charged to the second. The second does not apply to an address the
+    account has signed in from before (`known_source`, asked only once it is
+    exhausted): strangers spreading failures over many addresses cannot lock
+    the owner out (OWASP: lockout as denial of service), while guessing from
+    unknown addresses stays capped."""
+    per_source, anywhere = _account_ip(account, ip), _account(account)
+    source_over, account_over = limiter.hit_each([per_source, anywhere])
+    if source_over is not None:
+        limiter.add(*anywhere, amount=-1)  # refused here: not a guess against the account
+        raise RateLimited(headers={"Retry-After": str(source_over)})
+    if account_over is not None and not known_source():
+        limiter.add(*per_source, amount=-1)  # refused: no check was spent
+        raise RateLimited(headers={"Retry-After": str(account_over)})
 
 
 def login_succeeded(*, ip: str | None, account: str) -> None:
-    limiter.add(*_account_ip(account, ip), amount=-1)
-    limiter.add(*_account(account), amount=-1)
+    limiter.add_many([_account_ip(account, ip), _account(account)], amount=-1)
 
 
 def signup_guard(*, ip: str | None) -> None:

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,8 @@ from functools import cache
 import jwt
 from django.conf import settings
 from django.utils.crypto import salted_hmac
+
+from velro.localcache import LocalCache
 
 ALGORITHM = "HS256"
 ACCESS_TYPE = "access"
@@ -80,18 +83,45 @@ def jwt_verify(token: str, *, key: bytes, audience: str, issuer: str, required: 
         raise InvalidAccessToken(str(exc)) from None
 
 
+# Access tokens this process has verified: (token, key, audience, issuer) ->
+# (claims, not before). A token is re-sent with every request of its 15
+# minutes; its signature and claims cannot change, so only the time checks are
+# repeated on a hit. Bounded; emptied when full.
+_verified = LocalCache(max_entries=20_000)
+
+
+def verified_clear() -> None:
+    """Forget every verified token (tests)."""
+    _verified.clear()
+
+
 def access_token_decode(token: str) -> AccessClaims:
-    claims = jwt_verify(
-        token, key=jwt_key(), audience=settings.JWT_AUDIENCE, issuer=settings.JWT_ISSUER, required=REQUIRED_CLAIMS
+    key = jwt_key()
+    cache_key = (token, key, settings.JWT_AUDIENCE, settings.JWT_ISSUER)
+    hit = _verified.get(cache_key, settings.ACCESS_TOKEN_TTL_SECONDS)
+    if hit is not None:
+        claims, not_before = hit
+        now, leeway = time.time(), settings.JWT_LEEWAY_SECONDS
+        if not_before - leeway <= now < claims.expires_at + leeway:  # PyJWT's nbf and exp checks
+            return claims
+        _verified.pop(cache_key)
+    verified = _access_claims(
+        jwt_verify(token, key=key, audience=settings.JWT_AUDIENCE, issuer=settings.JWT_ISSUER, required=REQUIRED_CLAIMS)
     )
+    _verified.set(cache_key, verified)
+    return verified[0]
+
+
+def _access_claims(claims: dict) -> tuple[AccessClaims, int]:
     if claims.get("typ") != ACCESS_TYPE:
         raise InvalidAccessToken("wrong token type")
     try:
-        return AccessClaims(
+        access = AccessClaims(
             user_id=uuid.UUID(str(claims["sub"])),
             session_id=uuid.UUID(str(claims["sid"])),
             expires_at=int(claims["exp"]),
         )
+        return access, max(int(claims["nbf"]), int(claims["iat"]))
     except (ValueError, TypeError) as exc:
         raise InvalidAccessToken(str(exc)) from None
 

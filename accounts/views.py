@@ -33,6 +33,7 @@ from monitoring import audit
 from monitoring.models import AuditEvent
 from velro.net import client_ip, user_agent
 from velro.openapi import errors
+from velro.rendering import render
 
 
 class PublicView(APIView):
@@ -117,7 +118,7 @@ class LogoutView(APIView):
 class MeView(APIView):
     @extend_schema(responses={200: UserOutput, **errors(401, 503)}, summary="The caller")
     def get(self, request: Request) -> Response:
-        return Response(UserOutput(request.user).data)
+        return Response(render(UserOutput, request.user))
 
     @extend_schema(
         request=ProfileInput,
@@ -128,7 +129,7 @@ class MeView(APIView):
         data = ProfileInput(data=request.data)
         data.is_valid(raise_exception=True)
         user = services.user_update_profile(user_id=request.user.pk, **data.validated_data)
-        return Response(UserOutput(user).data)
+        return Response(render(UserOutput, user))
 
 
 class PasswordChangeView(APIView):

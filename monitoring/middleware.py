@@ -20,9 +20,11 @@ subclass of the one it replaces, so Django's admin checks still see it.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from django.conf import settings
@@ -37,9 +39,10 @@ from django.middleware.csrf import CsrfViewMiddleware
 from monitoring import metrics
 from velro import context, errors
 from velro.db import guard as db_guard
-from velro.net import is_trusted_caller
+from velro.net import client_ip, is_trusted_caller
 
 logger = logging.getLogger("velro.request")
+access_logger = logging.getLogger("velro.access")
 
 FAST_LANE_PREFIXES = ("/api/", "/auth/v1/", "/health", "/metrics", "/__version")
 
@@ -114,6 +117,8 @@ class RequestContextMiddleware:
         route = _route(request)
         status = response.status_code
         metrics.observe_request(route=route, method=request.method or "", status=status, ms=total)
+        if settings.ACCESS_LOG:
+            access_logger.info(access_line(request, response, route=route, request_id=record.request_id, ms=total))
         if request.method == "POST" and _is_login(route, request):
             metrics.login_outcome(_login_outcome(status))
         if settings.AUTH_TIMING_ENABLED and route.startswith("/api/v1/auth/"):
@@ -125,6 +130,33 @@ class RequestContextMiddleware:
                 extra={"route": route, "status": status, "phases": _phases(record, total)},
             )
         return response
+
+
+def access_line(request: HttpRequest, response: HttpResponse, *, route: str, request_id: str, ms: float) -> str:
+    """The request's access log line: JSON (or one plain line with LOG_FORMAT=plain).
+
+    The path without its query string: a query may carry a one-time token."""
+    size = None if response.streaming else len(response.content)
+    if settings.LOG_FORMAT == "plain":
+        status = response.status_code
+        return f'{client_ip(request)} "{request.method} {request.path}" {status} {size} {ms:.1f}ms [{request_id}]'
+    return json.dumps(
+        {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "level": "INFO",
+            "logger": "velro.access",
+            "request_id": request_id,
+            "remote_addr": client_ip(request),
+            "method": request.method,
+            "path": request.path,
+            "route": route,
+            "status": response.status_code,
+            "bytes": size,
+            "duration_ms": round(ms, 2),
+            "user_agent": request.META.get("HTTP_USER_AGENT", ""),
+        },
+        ensure_ascii=False,
+    )
 
 
 def _is_login(route: str, request: HttpRequest) -> bool:

@@ -141,11 +141,26 @@ class SafeCache:
     def incr(self, key: str, amount: int, timeout: int) -> int | None:
         """Add to a counter that expires `timeout` seconds after creation;
         None when the cache is unavailable (the caller falls back)."""
+        counts = self.incr_many([(key, amount, timeout)])
+        return None if counts is None else counts[0]
 
-        def run() -> int:
+    def incr_many(self, counters: list[tuple[str, int, int]]) -> list[int] | None:
+        """Add to several counters, each (key, amount, timeout), in one round
+        trip on Redis (a pipeline of SET NX EX + INCRBY per key); their new
+        values in order, or None when the cache is unavailable."""
+
+        def run() -> list[int]:
             backend = self.backend
-            backend.add(key, 0, timeout=timeout)
-            return backend.incr(key, amount)
+            client = getattr(getattr(backend, "client", None), "get_client", None)
+            if client is None:  # not django-redis (local memory: no round trips to save)
+                return [_add_then_incr(backend, key, amount, timeout) for key, amount, timeout in counters]
+            pipe = client(write=True).pipeline(transaction=False)
+            for key, amount, timeout in counters:
+                raw = backend.make_key(key)
+                pipe.set(raw, 0, ex=timeout, nx=True)  # the counter starts its window here
+                pipe.incrby(raw, amount)
+            replies = pipe.execute()
+            return [int(value) for value in replies[1::2]]
 
         return self._call("incr", run, None)
 
@@ -158,6 +173,11 @@ class SafeCache:
         """Close the breaker and zero the counters (tests)."""
         self.breaker.reset()
         self.stats.clear()
+
+
+def _add_then_incr(backend: BaseCache, key: str, amount: int, timeout: int) -> int:
+    backend.add(key, 0, timeout=timeout)
+    return backend.incr(key, amount)
 
 
 safe_cache = SafeCache()

@@ -50,6 +50,18 @@ def db_budget(*, statement_ms: int | None = None, lock_ms: int | None = None) ->
         yield
 
 
+def db_release() -> None:
+    """Hand this thread's pooled connection back until its next query.
+
+    For a request about to spend a while without the database (waiting for a
+    password-hashing slot, then hashing): held through that, a burst of logins
+    would keep every connection of the pool (DB_POOL_MAX_SIZE) busy doing
+    nothing. Only with the pool (a plain connection would be closed for good)
+    and outside a transaction."""
+    if getattr(connection, "pool", None) is not None and not connection.in_atomic_block:
+        connection.close()
+
+
 def db_params(model: type, **values: Any) -> list[Any]:
     """Values for a raw statement on `model`'s table, prepared by their fields.
 

@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -35,6 +35,10 @@ class Rate:
         """A (count, seconds) pair parsed strictly by the settings module."""
         limit, window = getattr(settings, name)
         return cls(limit, window)
+
+
+# (bucket, identifier, rate)
+Limit = tuple[str, str, Rate]
 
 
 class LocalCounters:
@@ -60,29 +64,49 @@ class RateLimiter:
         self.clock = clock
         self.local = LocalCounters()
 
-    def _count(self, bucket: str, ident: str, rate: Rate, amount: int) -> tuple[int, int]:
-        """Add `amount` to the current window; return (count, seconds left)."""
+    def _count(self, limits: Sequence[Limit], amount: int) -> list[tuple[int, int]]:
+        """Add `amount` to each limit's current window, in one cache round
+        trip; return (count, seconds left) for each."""
         now = self.clock()
-        window_end = (math.floor(now / rate.window) + 1) * rate.window
-        digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
-        key = f"rl:{bucket}:{digest}:{window_end}"
-        count = self.cache.incr(key, amount, timeout=rate.window + 1)
-        if count is None:
-            count = self.local.incr(key, amount, now)
-        return count, max(1, math.ceil(window_end - now))
+        windows = []
+        for bucket, ident, rate in limits:
+            window_end = (math.floor(now / rate.window) + 1) * rate.window
+            digest = hashlib.sha256(ident.encode()).hexdigest()[:32]
+            windows.append((f"rl:{bucket}:{digest}:{window_end}", rate.window, window_end))
+        counts = self.cache.incr_many([(key, amount, window + 1) for key, window, _ in windows])
+        if counts is None:
+            counts = [self.local.incr(key, amount, now) for key, _, _ in windows]
+        return [(count, max(1, math.ceil(end - now))) for count, (_, _, end) in zip(counts, windows, strict=True)]
 
     def hit(self, bucket: str, ident: str, rate: Rate) -> None:
         """Count one request; raise RateLimited (429) once over the limit."""
+        self.hit_many([(bucket, ident, rate)])
+
+    def hit_many(self, limits: Sequence[Limit]) -> None:
+        """Count one request against each limit, all in one round trip; raise
+        RateLimited (429) if any is over (each was counted all the same)."""
         if not settings.RATELIMIT_ENABLE:
             return
-        count, retry_after = self._count(bucket, ident, rate, 1)
-        if count > rate.limit:
-            raise RateLimited(headers={"Retry-After": str(retry_after)})
+        over = [retry for retry in self.hit_each(limits) if retry is not None]
+        if over:
+            raise RateLimited(headers={"Retry-After": str(max(over))})
+
+    def hit_each(self, limits: Sequence[Limit]) -> list[int | None]:
+        """Count one request against each limit (one round trip); for each, its
+        Retry-After in seconds when it is over, else None. The caller decides."""
+        if not settings.RATELIMIT_ENABLE:
+            return [None] * len(limits)
+        counted = zip(self._count(limits, 1), limits, strict=True)
+        return [retry if count > rate.limit else None for (count, retry), (_, _, rate) in counted]
 
     def add(self, bucket: str, ident: str, rate: Rate, amount: int = 1) -> None:
         """Adjust a count without enforcing (-1 hands a reserved slot back)."""
-        if settings.RATELIMIT_ENABLE:
-            self._count(bucket, ident, rate, amount)
+        self.add_many([(bucket, ident, rate)], amount)
+
+    def add_many(self, limits: Sequence[Limit], amount: int = 1) -> None:
+        """`add` for several limits, in one round trip."""
+        if settings.RATELIMIT_ENABLE and limits:
+            self._count(limits, amount)
 
 
 limiter = RateLimiter()

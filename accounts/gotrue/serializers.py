@@ -20,6 +20,7 @@ from accounts.gotrue.tokens import ROLE, app_metadata, gotrue_access_token_encod
 from accounts.models import User
 from accounts.serializers import StrictCharField
 from accounts.services import IssuedTokens
+from velro.rendering import render
 
 EMAIL_PROVIDER = "email"
 METADATA_MAX_KEYS = 100
@@ -193,7 +194,7 @@ class GoTrueSessionOutput(serializers.Serializer):
 
 def user_body(user: User) -> dict[str, Any]:
     """GoTrue's user object."""
-    return GoTrueUserOutput(user).data
+    return render(GoTrueUserOutput, user)
 
 
 def session_body(tokens: IssuedTokens) -> dict[str, Any]:
@@ -215,7 +216,7 @@ def session_body(tokens: IssuedTokens) -> dict[str, Any]:
         "refresh_token": tokens.refresh_token,
         "user": tokens.user,
     }
-    return GoTrueSessionOutput(session).data
+    return render(GoTrueSessionOutput, session)
 
 
 class GoTrueTokenInput(serializers.Serializer):

@@ -21,3 +21,13 @@ def api_login(email: str, password: str = DEFAULT_PASSWORD) -> dict:
     response = APIClient().post(LOGIN, {"email": email, "password": password}, format="json")
     assert response.status_code == 200, response.content
     return response.json()
+
+
+class Clock:
+    """A hand-driven clock (monotonic seconds)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now

@@ -176,7 +176,10 @@ def test_db_budget_lock_wait_gives_up_with_lock_not_available():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_login_whose_session_insert_stalls_answers_503_at_the_statement_timeout():
+def test_login_whose_session_insert_stalls_answers_503_at_the_statement_timeout(monkeypatch):
+    # The view must stay on the connection the timeout is set on below (a
+    # login hands its pooled connection back while it hashes).
+    monkeypatch.setattr("accounts.services.db_release", lambda: None)
     user = UserFactory()
     api = APIClient()
     with stalled_inserts("auth_sessions"):
@@ -198,8 +201,9 @@ def test_login_whose_session_insert_stalls_answers_503_at_the_statement_timeout(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_login_without_the_stall_still_works_on_the_same_connection():
+def test_login_without_the_stall_still_works_on_the_same_connection(monkeypatch):
     """The 503 path leaves nothing behind: the next login on the connection succeeds."""
+    monkeypatch.setattr("accounts.services.db_release", lambda: None)  # one connection, as above
     user = UserFactory()
     api = APIClient()
     with stalled_inserts("auth_sessions"):

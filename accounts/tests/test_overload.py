@@ -360,3 +360,42 @@ def test_behind_gunicorn_a_login_whose_client_left_in_the_queue_is_never_run(sta
     assert "shed (too_old)" in log, log
     sessions = {user.email: Session.objects.filter(user=user).count() for user in (holder, left, waited, fresh)}
     assert sessions == {holder.email: 1, left.email: 0, waited.email: 0, fresh.email: 1}
+
+
+@pytest.mark.integration
+@pytest.mark.postgresql
+@pytest.mark.django_db(transaction=True)
+def test_behind_gunicorn_a_burst_past_the_wait_queue_is_shed_at_the_admission_check(start_gunicorn):
+    """gunicorn.conf.py's threads, one worker, one slot, two waiters; no queue
+    timeout or age budget that could shed instead. A burst of 10 logins reaches
+    the admission check at once: one verifies, two wait, the rest are shed as
+    queue_full. (With as few threads as slots + waiters, the overflow waited in
+    gthread's own unbounded queue, where nothing sheds it but its age.)"""
+    users = [UserFactory() for _ in range(10)]
+    server = start_gunicorn(
+        workers=1,
+        env={
+            "LOG_FORMAT": "plain",
+            "HASH_CONCURRENCY": "1",
+            "HASH_QUEUE_MAX": "2",
+            "HASH_QUEUE_TIMEOUT_MS": "60000",
+            "HASH_MAX_REQUEST_AGE_MS": "60000",
+        },
+    )
+    mark = server.log_mark()
+    sockets = []
+    for user in users:
+        sock = socket.create_connection((HOST, server.port), timeout=60)
+        sock.sendall(b"".join(_login_request(user.email)))
+        sockets.append(sock)
+    statuses = []
+    for sock in sockets:
+        statuses.append(_response(sock)[0])
+        sock.close()
+
+    assert statuses.count(200) >= 3, statuses
+    assert statuses.count(503) >= 1, statuses
+    assert set(statuses) <= {200, 503}, statuses
+    log = server.log_since(mark)
+    assert "shed (queue_full)" in log, log
+    assert "shed (too_old)" not in log and "shed (queue_timeout)" not in log, log

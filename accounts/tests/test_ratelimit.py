@@ -137,6 +137,33 @@ def test_successful_logins_do_not_count_as_failures(api, user, settings):
     assert_rate_limited(login(api, user.email), window=300)  # two failures: locked
 
 
+def test_a_successful_login_costs_three_counter_round_trips(api, user, settings, monkeypatch):
+    """Per address before the user read; both account budgets together before
+    the verify; both handed back together after it (one pipeline each)."""
+    settings.RATELIMIT_ENABLE = True
+    trips: list[list[str]] = []
+    original = SafeCache.incr_many
+
+    def counted(self, counters):
+        trips.append([key.split(":")[1] for key, _, _ in counters])
+        return original(self, counters)
+
+    monkeypatch.setattr(SafeCache, "incr_many", counted)
+    assert login(api, user.email).status_code == 200
+    assert trips == [["login-ip"], ["login-fail-acct-ip", "login-fail-acct"], ["login-fail-acct-ip", "login-fail-acct"]]
+
+
+def test_an_attempt_refused_per_address_is_not_charged_to_the_account_budget(api, user, settings):
+    settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP = (1, 300)
+    settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT = (3, 300)
+    assert login(api, user.email, "wrong password!", ip="10.0.0.7").status_code == 401
+    for _ in range(5):  # refused at the address: the account's budget is untouched
+        assert login(api, user.email, "wrong password!", ip="10.0.0.7").status_code == 429
+    assert login(api, user.email, "wrong password!", ip="10.0.0.8").status_code == 401
+    assert login(api, user.email, "wrong password!", ip="10.0.0.9").status_code == 401
+    assert_rate_limited(login(api, user.email, "wrong password!", ip="10.0.0.10"), window=300)
+
+
 def test_failures_count_per_account_whatever_the_email_case(api, settings):
     user = UserFactory(email="carol@example.com")
     settings.RATELIMIT_LOGIN_FAILURES_ACCOUNT_IP = (2, 300)
