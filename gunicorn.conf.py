@@ -36,18 +36,28 @@ workers = _env_int("WEB_CONCURRENCY", min(multiprocessing.cpu_count() * 2 + 1, 9
 # sync worker one slow client (slow upload, slow read of the response) pins a
 # whole process. gthread hands each connection to a thread and keeps idle
 # keep-alive connections in the worker's poller, so a slow client costs one
-# thread, not a worker. Threads stay few: argon2 hashing is CPU-bound and holds
-# the core anyway, more threads would only queue behind it.
+# thread, not a worker.
+#
+# Threads: more than admission control lets hash or wait (velro/admission.py:
+# HASH_CONCURRENCY + HASH_QUEUE_MAX per process, 1 + 4 on 2 cores). A request
+# that finds every thread busy waits in gthread's task queue, which has no
+# bound and which the app cannot see: with 2 threads a burst of logins waited
+# there until HASH_MAX_REQUEST_AGE_MS (2 s) before being shed. With more, the
+# overflow reaches the admission check at once and is shed in milliseconds
+# (queue_full); CPU-bound hashing stays capped by the slots, not the threads.
 worker_class = "gthread"
-threads = _env_int("GUNICORN_THREADS", 2)
+threads = _env_int("GUNICORN_THREADS", 8)
 
 timeout = 30  # a worker silent this long is killed (request budgets are in ms)
 graceful_timeout = 20  # on TERM/HUP, time for in-flight requests to finish
 keepalive = 5
 
 # Recycle workers now and then (jitter: not all at once) to bound slow leaks.
-max_requests = 2000
-max_requests_jitter = 200
+# Counted in requests, so it must be large: at 2,000 a worker busy at ~1,000
+# requests/s restarted every 2 s, and each restart (a fresh Django import and
+# warm-up on a core that should be serving) halved /health's throughput.
+max_requests = 200_000
+max_requests_jitter = 20_000
 
 # No preload: each worker imports the app itself after fork and opens its own
 # database and Redis connections. psycopg connections and redis-py sockets (and
@@ -64,7 +74,11 @@ _SHM = "/dev/shm"  # noqa: S108 - tmpfs for gunicorn's heartbeat files, nothing 
 if os.path.isdir(_SHM) and os.access(_SHM, os.W_OK):
     worker_tmp_dir = _SHM
 
-accesslog = "-"
+# The access log is the app's (one JSON line per request, ACCESS_LOG, logger
+# velro.access): gunicorn's own formats every header of every request and cost
+# ~15% of a token-authenticated GET's throughput. GUNICORN_ACCESSLOG=- turns
+# gunicorn's on again (for requests that never reach Django, say).
+accesslog = os.environ.get("GUNICORN_ACCESSLOG") or None
 errorlog = "-"
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 # Behind a load balancer / reverse proxy, set FORWARDED_ALLOW_IPS to its address.
