@@ -11,9 +11,15 @@ Layout:
 - `stack`: the stack starter: a PostgreSQL database (created, migrated, dropped),
   private redis-servers on free ports, an SMTP listener, gunicorn, a Celery
   worker and beat;
-- `loadgen`: the open-loop load generator (and the closed loop) over httpx;
+- `loadgen`: the open-loop load generator (and the closed loop) over httpx (the drill's);
+- `rawload`: the benchmark's open-loop generator on raw asyncio streams (thousands
+  of kept-alive connections, latency from the scheduled send, worker processes);
+- `wrk`: closed-loop saturation runs with wrk and a generated Lua script;
+- `peerstack`: the benchmark's stock peer (loadtest/peer/: Django + DRF + simplejwt,
+  own venv var/peer-venv, gunicorn -w 2);
+- `proxy`: deploy/nginx/velro.conf under a private nginx master, in front of gunicorn;
 - `machine`: what the reports say about the box they ran on;
-- `benchmark`: the perf benchmark;
+- `benchmark`: the perf benchmark (Velro vs the stock peer and the argon2id floor);
 - `drill`: the fault drill: `faults`, `traffic`, `invariants`, `report`, `run`.
 
 It is not a Django app: it drives the service from outside, over HTTP, and

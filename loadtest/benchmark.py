@@ -1,103 +1,104 @@
-"""Velro perf benchmark: the auth hot path (login, refresh, /me) over HTTP.
+"""Velro perf benchmark: the auth hot path against a stock peer and the argon2id floor, in one run.
 
-    .venv/bin/python -m loadtest.benchmark --duration 5                    # starts gunicorn itself, then measures
-    .venv/bin/python -m loadtest.benchmark --url http://127.0.0.1:8000     # a server already running
+    .venv/bin/python -m loadtest.benchmark                          # everything, ~5 minutes
+    .venv/bin/python -m loadtest.benchmark --scenarios login,me --no-peer --duration 5
 
-The load generator is loadtest.loadgen (asyncio + httpx). For every scenario
-(login, refresh, me) it runs:
+It starts Velro (loadtest.stack: gunicorn with gunicorn.conf.py on a free loopback
+port, RATELIMIT_ENABLE=false, database `velro_bench`, Redis 127.0.0.1:6379/0) and
+the stock peer (loadtest.peerstack: Django + DRF + simplejwt under
+`gunicorn -w 2`, own venv var/peer-venv, database `velro_bench_peer`), signs up
+the same benchmark users on both, and measures (scenarios, `--scenarios`):
 
-- open-loop runs at fixed rates (`--rates`, default 1,5,10,50 RPS): request i is
-  sent at t0 + i/rate whether or not the earlier ones have answered, so a slow
-  server shows up as latency (and a growing backlog), not as a politely lower
-  request rate;
-- one saturation run: a closed loop of `--concurrency` workers, each sending its
-  next request as soon as the previous one answered: the throughput ceiling.
+- `login`, `me`, `health`: closed-loop saturation with wrk (same wrk settings for
+  both servers): POST login round-robin over the users, GET /me with a bearer
+  token, GET /health (Velro only: the peer has none). Throughput counts 2xx only.
+- `openloop`: open-loop login at a low rate (`--low-rate`; its p50 over the
+  argon2id floor is a target) and at 25/50/75/100 % of Velro's measured login
+  saturation (or `--rates`), the same offered rates for both: latency vs load.
+- `overload`: open-loop login at 3x Velro's login saturation for
+  `--overload-duration` s: Velro sheds with 503 `overloaded`; the shed answers'
+  p50 and the served (200) answers' p99 are targets.
+- `many`: 10,000 concurrent kept-alive connections through nginx
+  (deploy/nginx/velro.conf + nginx.conf's worker settings, loadtest.proxy) to
+  Velro's gunicorn, open loop at half of Velro's measured /me saturation in
+  aggregate: errors and p99 are targets.
 
-Per request it records the client-side latency, the status and the server's
-own time (the `total;dur=` entry of the `Server-Timing` header, when present).
-In the same run it measures the argon2id verify time locally (the parameters
-of accounts.hashers.Argon2idPasswordHasher): the physical floor of a password
-login, reported as the ratio login p50 / floor. The floor is the median of
-`--floor-samples` verifies, taken before and again after the load runs; the
-lower of the two medians counts (noise from other work on the box only adds
-time, and one unlucky moment must not halve every ratio).
+Open-loop runs use loadtest.rawload (raw asyncio streams, latency from each
+request's scheduled send time, several worker processes for the many-clients
+run). The argon2id floor is the median local verify (the parameters of
+accounts.hashers.Argon2idPasswordHasher) measured in this process before and
+after the runs; the lower median counts.
 
-Output: a table on stdout, a JSON file (`--out`, default
-var/bench/perf_benchmark.json) and a PNG chart next to it.
-
-Without `--url` it starts the web tier with loadtest.stack (gunicorn with
-gunicorn.conf.py on a free loopback port, RATELIMIT_ENABLE=false, database
-`velro_bench` created if missing and migrated, Redis 127.0.0.1:6379/0) and stops
-it at the end, also on Ctrl-C. No Celery worker is started: the welcome-email
-tasks signup enqueues wait in the broker. Targets are loopback only: any other
-host is refused.
-
-The server needs RATELIMIT_ENABLE=false (this is a load test from one IP): with
-the limits on, most requests of the faster runs are answered 429.
-
-Everything is bounded: at most `--max-requests` requests per run, a 5 s timeout
-on every request, `--duration` <= 300 s, and an overall `--deadline`.
+Output: a figures table (figure | Velro | peer | vs peer | vs floor | target |
+pass) and a runs table on stdout, a JSON file (`--out`, default
+var/bench/perf_benchmark.json) and a PNG chart beside it. Exit status 0 when
+every selected run completed (targets missed are reported, not an error).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import logging
 import math
 import os
 import re
 import secrets
 import signal
+import socket
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from loadtest import BASE_DIR, LoadTestError
-from loadtest.loadgen import (
-    API,
-    REQUEST_TIMEOUT,
-    BenchUser,
-    Pools,
-    RunResult,
-    check_target,
-    closed_loop,
-    json_body,
-    make_scenario,
-    open_loop,
-    percentile,
-    rounded,
-    timed_request,
-)
+from loadtest.loadgen import check_target, percentile, rounded
 from loadtest.machine import loadavg, machine_info
+from loadtest.rawload import RawResult, raise_nofile_limit, request_bytes, run_open_loop
 from loadtest.stack import Stack, redact
+from loadtest.wrk import run_wrk, wrk_version
 
-SCENARIOS = ("login", "refresh", "me")
-DEFAULT_RATES = (1.0, 5.0, 10.0, 50.0)
-DEFAULT_DURATION = 10.0
-DEFAULT_CONCURRENCY = 16
+SCENARIOS = ("login", "me", "health", "openloop", "overload", "many")
+DEFAULT_DURATION = 10.0  # wrk saturation runs
+DEFAULT_WARMUP = 2.0
+DEFAULT_OPEN_DURATION = 8.0
+DEFAULT_LOW_RATE = 4.0
+DEFAULT_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+DEFAULT_OVERLOAD_FACTOR = 3.0
+DEFAULT_OVERLOAD_DURATION = 10.0
+DEFAULT_MANY_CONNECTIONS = 10_000
+DEFAULT_MANY_DURATION = 15.0
+DEFAULT_MANY_PROCESSES = 2
+DEFAULT_MANY_RAMP_RATE = 1000.0
 DEFAULT_USERS = 16
-DEFAULT_MAX_REQUESTS = 5000
-DEFAULT_DEADLINE = 900.0
+DEFAULT_LOGIN_CONNECTIONS = 8
+DEFAULT_ME_CONNECTIONS = 32
+DEFAULT_WRK_THREADS = 2
 DEFAULT_FLOOR_SAMPLES = 30
+DEFAULT_DEADLINE = 900.0
+REQUEST_TIMEOUT = 5.0
+FALLBACK_LOGIN_SAT = 40.0  # open-loop rates when the login saturation was not measured
+FALLBACK_ME_SAT = 1000.0
 
-# Upper bounds on what the command line may ask for.
 MAX_DURATION = 300.0
-MAX_RATE = 2000.0
-MAX_CONCURRENCY = 256
+MAX_RATE = 20_000.0
 MAX_USERS = 500
-MAX_REQUESTS_CAP = 100_000
 MAX_DEADLINE = 3600.0
 MAX_FLOOR_SAMPLES = 200
-SETTLE_TIMEOUT = 10.0  # seconds, at most, between runs for the server to drain its backlog
-SETTLE_HEALTH_MS = 50.0
+SETTLE_TIMEOUT = 15.0
+SETTLE_QUICK_MS = 50.0
+
+# Targets (issue 13).
+TARGET_FLOOR_RATIO = 1.10
+TARGET_LOGIN_VS_PEER = 1.0
+TARGET_ME_VS_PEER = 1.5
+TARGET_SHED_P50_MS = 100.0
+TARGET_SERVED_P99_MS = 2000.0
+TARGET_MANY_P99_MS = 100.0
 
 # argon2id at the OWASP minimum, as accounts.hashers.Argon2idPasswordHasher.
 ARGON2_TIME_COST = 2
@@ -105,10 +106,11 @@ ARGON2_MEMORY_COST_KIB = 19456
 ARGON2_PARALLELISM = 1
 
 DEFAULT_DATABASE_URL = "postgres://root@127.0.0.1:5432/velro_bench"
+DEFAULT_PEER_DATABASE_URL = "postgres://root@127.0.0.1:5432/velro_bench_peer"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_OUT = BASE_DIR / "var" / "bench" / "perf_benchmark.json"
-
-USER_AGENT = "velro-perf-benchmark/1"
+USER_AGENT = "velro-perf-benchmark/2"
+API = "/api/v1/auth"
 
 
 class BenchmarkError(LoadTestError):
@@ -163,315 +165,596 @@ def combine_floors(before: dict[str, Any], after: dict[str, Any] | None) -> dict
     }
 
 
-def summarize(scenario: str, mode: str, rate: float | None, result: RunResult, token_waits: int) -> dict[str, Any]:
-    samples = result.samples
-    latencies = [s.latency_ms for s in samples]
-    ok = [s for s in samples if 200 <= s.status < 300]
-    server = [s.server_ms for s in samples if s.server_ms is not None]
-    server_hash = [s.server_hash_ms for s in samples if s.server_hash_ms is not None]
-    p50 = percentile(latencies, 50)
-    statuses = Counter(str(s.status) for s in samples)
-    errors = Counter(s.error for s in samples if s.error)
+# --- the two servers --------------------------------------------------------------------------
+
+
+class Target:
+    """What the benchmark needs of one server: paths, login bodies, fresh access tokens."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        login_path: str,
+        login_field: str,
+        me_path: str,
+        health_path: str | None,
+        idle_path: str,
+        token_field: str,
+        users: Sequence[tuple[str, str]],
+    ) -> None:
+        self.name = name
+        self.url = check_target(url)
+        parts = urlsplit(self.url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.login_path = login_path
+        self.login_field = login_field
+        self.me_path = me_path
+        self.health_path = health_path
+        self.idle_path = idle_path
+        self.token_field = token_field
+        self.users = list(users)
+
+    def login_bodies(self) -> list[str]:
+        return [json.dumps({self.login_field: email, "password": password}) for email, password in self.users]
+
+    def login_requests(self, host_header: str | None = None) -> list[bytes]:
+        host = host_header or f"{self.host}:{self.port}"
+        headers = {"Content-Type": "application/json"}
+        return [
+            request_bytes(
+                "POST", self.login_path, host=host, headers=headers, body=body.encode(), user_agent=USER_AGENT
+            )
+            for body in self.login_bodies()
+        ]
+
+    def tokens(self) -> list[str]:
+        """A fresh access token per user (the peer's live 5 minutes: fetched right before use)."""
+        tokens = []
+        with httpx.Client(base_url=self.url, timeout=REQUEST_TIMEOUT * 2, trust_env=False) as client:
+            for email, password in self.users:
+                response = client.post(self.login_path, json={self.login_field: email, "password": password})
+                if response.status_code == 429:
+                    raise BenchmarkError(f"{self.name}: login answered 429: start it with RATELIMIT_ENABLE=false")
+                if response.status_code != 200:
+                    raise BenchmarkError(f"{self.name}: login {response.status_code}: {response.text[:300]}")
+                tokens.append(response.json()[self.token_field])
+        return tokens
+
+    def me_requests(self, tokens: Sequence[str], host_header: str | None = None) -> list[bytes]:
+        host = host_header or f"{self.host}:{self.port}"
+        return [
+            request_bytes(
+                "GET", self.me_path, host=host, headers={"Authorization": f"Bearer {token}"}, user_agent=USER_AGENT
+            )
+            for token in tokens
+        ]
+
+    def idle_request(self, host_header: str | None = None) -> bytes:
+        return request_bytes(
+            "GET", self.idle_path, host=host_header or f"{self.host}:{self.port}", user_agent=USER_AGENT
+        )
+
+
+def velro_target(url: str, users: Sequence[tuple[str, str]]) -> Target:
+    return Target(
+        "velro",
+        url,
+        login_path=f"{API}/login",
+        login_field="email",
+        me_path=f"{API}/me",
+        health_path="/health",
+        idle_path="/health",
+        token_field="access_token",
+        users=users,
+    )
+
+
+def peer_target(url: str, users: Sequence[tuple[str, str]]) -> Target:
+    return Target(
+        "peer",
+        url,
+        login_path="/api/token/",
+        login_field="username",
+        me_path="/api/me/",
+        health_path=None,
+        idle_path="/api/me/",  # 401 without a token: the peer's cheapest answer
+        token_field="access",
+        users=users,
+    )
+
+
+def make_users(count: int) -> list[tuple[str, str]]:
+    run_id = secrets.token_hex(4)
+    password = f"Bench-{secrets.token_urlsafe(18)}"
+    return [(f"bench-{run_id}-{i}@example.com", password) for i in range(count)]
+
+
+def signup_velro(url: str, users: Sequence[tuple[str, str]]) -> None:
+    with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT * 2, trust_env=False) as client:
+        for email, password in users:
+            response = client.post(f"{API}/signup", json={"email": email, "password": password})
+            if response.status_code == 429:
+                raise BenchmarkError("signup answered 429 rate_limited: start Velro with RATELIMIT_ENABLE=false")
+            if response.status_code != 201:
+                raise BenchmarkError(f"signup {email}: {response.status_code} {response.text[:300]}")
+
+
+def quick_get(host: str, port: int, request: bytes, timeout: float = 2.0) -> tuple[int | None, float]:
+    """One request on a new connection, stdlib only: (status or None, ms)."""
+    start = time.perf_counter()
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.sendall(request.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+            data = sock.recv(64)
+        status = int(data[9:12]) if data.startswith(b"HTTP/1.") else None
+    except (OSError, ValueError):
+        status = None
+    return status, (time.perf_counter() - start) * 1000
+
+
+def settle(target: Target, timeout: float = SETTLE_TIMEOUT) -> float:
+    """Wait (bounded) until the target answers its cheapest request quickly three times in a
+    row, so the backlog of one run does not leak into the next. Returns the seconds waited."""
+    start = time.monotonic()
+    quick = 0
+    request = target.idle_request()
+    while time.monotonic() - start < timeout and quick < 3:
+        status, ms = quick_get(target.host, target.port, request)
+        quick = quick + 1 if status is not None and ms < SETTLE_QUICK_MS else 0
+        time.sleep(0.05)
+    return time.monotonic() - start
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+def _stats(values: Sequence[float]) -> dict[str, float | None]:
     return {
+        "p50_ms": rounded(percentile(values, 50)),
+        "p90_ms": rounded(percentile(values, 90)),
+        "p99_ms": rounded(percentile(values, 99)),
+        "max_ms": rounded(max(values) if values else None),
+    }
+
+
+def summarize_raw(target: str, scenario: str, mode: str, result: RawResult) -> dict[str, Any]:
+    ok = result.latencies([s for s in result.latencies_ms if 200 <= s < 300])
+    every = result.latencies()
+    row: dict[str, Any] = {
+        "target": target,
         "scenario": scenario,
         "mode": mode,
-        "rate": rate,
-        "label": "sat" if mode == "saturation" else _fmt_rate(rate),
-        "concurrency": None,
-        "requests": len(samples),
-        "planned": result.planned,
-        "capped": result.capped,
+        "tool": "rawload",
+        "rate": result.rate,
+        "connections": result.connections,
+        "processes": result.processes,
+        "duration_s": result.duration_s,
+        "requests": result.planned,
+        "responses": result.responses,
         "ok": len(ok),
-        "success_rate": round(len(ok) / len(samples), 4) if samples else 0.0,
-        "elapsed_s": round(result.elapsed_s, 3),
-        "achieved_rps": round(len(ok) / result.elapsed_s, 2) if result.elapsed_s > 0 else 0.0,
-        "p50_ms": rounded(p50),
-        "p95_ms": rounded(percentile(latencies, 95)),
-        "p99_ms": rounded(percentile(latencies, 99)),
-        "max_ms": rounded(max(latencies) if latencies else None),
-        "mean_ms": rounded(sum(latencies) / len(latencies) if latencies else None),
-        "server_p50_ms": rounded(percentile(server, 50)),
-        "server_p95_ms": rounded(percentile(server, 95)),
-        "server_hash_p50_ms": rounded(percentile(server_hash, 50)),
-        "server_timing_fraction": round(len(server) / len(samples), 4) if samples else 0.0,
-        "login_p50_floor_ratio": None,  # set once the floor is known (run_benchmark)
-        "status_counts": dict(sorted(statuses.items())),
-        "errors": dict(sorted(errors.items())),
-        "schedule_lag_p99_ms": rounded(percentile(result.schedule_lag_ms, 99)),
-        "token_waits": token_waits if scenario == "refresh" else None,
+        "success_rate": round(len(ok) / result.planned, 4) if result.planned else 0.0,
+        "ok_rps": round(len(ok) / result.duration_s, 2),
+        "status_counts": result.status_counts,
+        "errors": dict(sorted(result.errors.items())),
+        "error_count": result.error_count,
+        **_stats(every),
+        "ok_latency": _stats(ok),
+        "connected": result.connected,
+        "peak_open": result.peak_open,
+        "reconnects": result.reconnects,
+        "warmup_errors": dict(result.warmup_errors),
+        "ramp_s": round(result.ramp_s, 2),
+        "generator_lag_p99_ms": rounded(percentile(result.lag_ms, 99)),
+    }
+    if scenario == "overload":
+        row["shed"] = {"count": len(result.latencies([503])), **_stats(result.latencies([503]))}
+        row["served"] = {"count": len(result.latencies([200])), **_stats(result.latencies([200]))}
+    return row
+
+
+def summarize_wrk(target: str, scenario: str, report: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "target": target,
+        "scenario": scenario,
+        "mode": "saturation",
+        **report,
+        "rate": None,
+        "success_rate": round(report["ok"] / report["requests"], 4) if report["requests"] else 0.0,
+        "error_count": sum(report["socket_errors"].values()),
     }
 
 
 def _fmt_rate(rate: float | None) -> str:
     if rate is None:
-        return "-"
+        return "sat"
     return str(int(rate)) if float(rate).is_integer() else f"{rate:g}"
-
-
-# --- setup ------------------------------------------------------------------------------------
-
-
-async def setup_users(client: httpx.AsyncClient, *, users: int, concurrency: int) -> Pools:
-    """Sign up `users` users, log each in (enough sessions for `concurrency` refreshers)."""
-    run_id = secrets.token_hex(4)
-    accounts = [
-        BenchUser(email=f"bench-{run_id}-{i}@example.com", password=f"Bench-{secrets.token_urlsafe(18)}")
-        for i in range(users)
-    ]
-    refresh: asyncio.Queue = asyncio.Queue()
-    gate = asyncio.Semaphore(4)  # signup and login hash: no point in more in flight
-
-    async def call(path: str, body: dict) -> dict:
-        async with gate:
-            sample, response = await timed_request(client, "POST", path, json=body)
-        if sample.status == 429:
-            raise BenchmarkError(
-                f"POST {path} answered 429 rate_limited: start the server with RATELIMIT_ENABLE=false "
-                "(a loopback load test sends everything from one IP)"
-            )
-        if not 200 <= sample.status < 300:
-            detail = sample.error or ""
-            if response is not None:
-                detail = f"{detail} {response.text[:300]}"
-            raise BenchmarkError(f"setup: POST {path} failed with status {sample.status}: {detail.strip()}")
-        return json_body(response)
-
-    async def signup(index: int) -> None:
-        user = accounts[index]
-        body = await call(f"{API}/signup", {"email": user.email, "password": user.password})
-        refresh.put_nowait((index, body["refresh_token"]))
-        user.access_token = body["access_token"]
-
-    await asyncio.gather(*(signup(i) for i in range(users)))
-    logins_each = max(1, math.ceil(concurrency / users))
-
-    async def login(index: int) -> None:
-        user = accounts[index]
-        body = await call(f"{API}/login", {"email": user.email, "password": user.password})
-        refresh.put_nowait((index, body["refresh_token"]))
-        user.access_token = body["access_token"]
-
-    await asyncio.gather(*(login(i) for i in range(users) for _ in range(logins_each)))
-    return Pools(accounts, refresh)
 
 
 # --- the benchmark ----------------------------------------------------------------------------
 
 
-def _validate(rates: Sequence[float], duration: float, concurrency: int, users: int, max_requests: int) -> None:
-    if not rates:
-        raise BenchmarkError("at least one rate is needed")
-    for rate in rates:
-        if not 0 < rate <= MAX_RATE:
-            raise BenchmarkError(f"rate {rate} out of range (0, {MAX_RATE:g}]")
-    if not 0 < duration <= MAX_DURATION:
-        raise BenchmarkError(f"duration {duration} out of range (0, {MAX_DURATION:g}] s")
-    if not 1 <= concurrency <= MAX_CONCURRENCY:
-        raise BenchmarkError(f"concurrency {concurrency} out of range [1, {MAX_CONCURRENCY}]")
-    if not 1 <= users <= MAX_USERS:
-        raise BenchmarkError(f"users {users} out of range [1, {MAX_USERS}]")
-    if not 1 <= max_requests <= MAX_REQUESTS_CAP:
-        raise BenchmarkError(f"max requests {max_requests} out of range [1, {MAX_REQUESTS_CAP}]")
+# One request per connection every OPEN_LOOP_PERIOD seconds: shorter than the
+# servers' keep-alive timeouts (gunicorn's and nginx's 5 s), so no connection is
+# closed as idle just as its next request leaves (a period of 5 s raced them).
+# A connection is still busy at its next send only when its previous answer
+# took longer than the period; that wait counts (latency runs from the schedule).
+OPEN_LOOP_PERIOD = 3.0
 
 
-def _probe_health(url: str) -> None:
-    try:
-        with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT, trust_env=False) as client:
-            status = client.get("/health").status_code
-    except httpx.HTTPError as exc:
-        raise BenchmarkError(f"GET {url}/health: {type(exc).__name__}; is the server up?") from None
-    if status != 200:
-        raise BenchmarkError(f"GET {url}/health: status {status}")
+def open_connections(rate: float) -> int:
+    """Connections of an open-loop login run at `rate`."""
+    return max(8, min(4000, math.ceil(rate * OPEN_LOOP_PERIOD)))
 
 
-async def settle(client: httpx.AsyncClient) -> float:
-    """Between runs: wait (bounded) until GET /health is quick again, so the backlog of an
-    overloaded run (requests the client gave up on still being served) does not leak into
-    the next run. Returns the seconds waited."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    quick = 0
-    while loop.time() - start < SETTLE_TIMEOUT and quick < 3:
-        sample, _ = await timed_request(client, "GET", "/health")
-        quick = quick + 1 if sample.status == 200 and sample.latency_ms < SETTLE_HEALTH_MS else 0
-        await asyncio.sleep(0.05)
-    return loop.time() - start
+class Benchmark:
+    def __init__(self, targets: list[Target], options: dict[str, Any], out_dir: Path, deadline_at: float) -> None:
+        self.targets = targets
+        self.velro = targets[0]
+        self.peer = targets[1] if len(targets) > 1 else None
+        self.o = options
+        self.out_dir = out_dir
+        self.deadline_at = deadline_at
+        self.runs: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+        self.saturation: dict[tuple[str, str], float] = {}
+        self.skipped: list[str] = []
 
+    def _time_left(self, needed: float, what: str) -> bool:
+        if time.monotonic() + needed > self.deadline_at:
+            self.skipped.append(what)
+            self.notes.append(f"deadline: skipped {what}")
+            log(self.notes[-1])
+            return False
+        return True
 
-async def _get_json(client: httpx.AsyncClient, path: str) -> dict | None:
-    sample, response = await timed_request(client, "GET", path)
-    return json_body(response) if sample.status == 200 else None
+    def _settle(self, target: Target, timeout: float = SETTLE_TIMEOUT) -> None:
+        waited = settle(target, timeout)
+        if waited > 2:
+            log(f"waited {waited:.1f} s for {target.name} to drain")
 
+    def _record(self, row: dict[str, Any]) -> dict[str, Any]:
+        self.runs.append(row)
+        extra = ""
+        if row.get("errors") or row.get("socket_errors"):
+            extra = f", errors {row.get('errors') or row.get('socket_errors')}"
+        log(
+            f"{row['target']:5} {row['scenario']:8} {_fmt_rate(row['rate']):>6}: {row['requests']} requests, "
+            f"{row['ok_rps']} ok/s, statuses {row['status_counts']}, p50 {row['p50_ms']} ms, "
+            f"p99 {row['p99_ms']} ms{extra}"
+        )
+        return row
 
-async def _benchmark(
-    url: str,
-    *,
-    rates: Sequence[float],
-    duration: float,
-    concurrency: int,
-    users: int,
-    max_requests: int,
-    scenarios: Sequence[str],
-    deadline_at: float,
-    rows: list[dict[str, Any]],
-    notes: list[str],
-) -> dict | None:
-    limits = httpx.Limits(max_connections=256, max_keepalive_connections=64, keepalive_expiry=4.0)
-    timeout = httpx.Timeout(REQUEST_TIMEOUT)
-    headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-    # trust_env=False: no proxy from the environment may sit between us and loopback.
-    async with httpx.AsyncClient(
-        base_url=url, limits=limits, timeout=timeout, headers=headers, trust_env=False
-    ) as client:
-        sample, _ = await timed_request(client, "GET", "/health")
-        if sample.status != 200:
-            raise BenchmarkError(f"GET {url}/health: status {sample.status} ({sample.error}); is the server up?")
-        version = await _get_json(client, "/__version")
-        log(f"setup: signing up {users} users and logging them in")
-        pools = await setup_users(client, users=users, concurrency=concurrency)
-        log(f"setup: {len(pools.users)} users, {pools.refresh.qsize()} unused refresh tokens")
-        warmup = min(50, 2 * concurrency)
-        for scenario in scenarios:
-            request = make_scenario(scenario, client, pools)
-            # Unmeasured warm-up: connections opened, worker caches filled.
-            await closed_loop(request, concurrency=concurrency, duration=duration, max_requests=warmup)
-            plan: list[tuple[str, float | None]] = [("open", float(rate)) for rate in rates]
-            plan.append(("saturation", None))
-            for mode, rate in plan:
-                label = "sat" if rate is None else _fmt_rate(rate)
-                if time.monotonic() + duration + REQUEST_TIMEOUT + 5 > deadline_at:
-                    notes.append(f"deadline: skipped {scenario} @ {label} and everything after it")
-                    log(notes[-1])
-                    return version
-                waited = await settle(client)
-                if waited > 2:
-                    log(f"waited {waited:.1f} s for the server to drain before {scenario} @ {label}")
-                waits_before = pools.token_waits
-                if rate is None:
-                    result = await closed_loop(
-                        request, concurrency=concurrency, duration=duration, max_requests=max_requests
-                    )
-                else:
-                    result = await open_loop(request, rate=rate, max_requests=max_requests, duration=duration)
-                row = summarize(scenario, mode, rate, result, pools.token_waits - waits_before)
-                if rate is None:
-                    row["concurrency"] = concurrency
-                rows.append(row)
-                log(
-                    f"{scenario:8} {label:>5}: {row['requests']} requests, {row['success_rate'] * 100:.1f}% ok, "
-                    f"p50 {row['p50_ms']} ms, p99 {row['p99_ms']} ms"
+    # saturation (wrk)
+
+    def saturation_run(self, scenario: str) -> None:
+        o = self.o
+        for target in self.targets:
+            if scenario == "health" and target.health_path is None:
+                continue
+            if not self._time_left(o["warmup"] + o["duration"] + 20, f"{target.name} {scenario} saturation"):
+                return
+            if scenario == "login":
+                path, method = target.login_path, "POST"
+                specs = [{"headers": {"Content-Type": "application/json"}, "body": b} for b in target.login_bodies()]
+                connections = o["login_connections"]
+            elif scenario == "me":
+                path, method = target.me_path, "GET"
+                specs = [{"headers": {"Authorization": f"Bearer {t}"}} for t in target.tokens()]
+                connections = o["me_connections"]
+            else:
+                path, method, specs, connections = target.health_path, "GET", [{}], o["me_connections"]
+            self._settle(target)
+            common = {"method": method, "requests": specs, "connections": connections, "threads": o["wrk_threads"]}
+            if o["warmup"] > 0:
+                run_wrk(target.url, path, duration=o["warmup"], **common)
+            report = run_wrk(target.url, path, duration=o["duration"], timeout=REQUEST_TIMEOUT, **common)
+            row = self._record(summarize_wrk(target.name, scenario, report))
+            self.saturation[(target.name, scenario)] = row["ok_rps"]
+
+    # open loop (rawload)
+
+    def _open(self, target: Target, scenario: str, mode: str, **kwargs: Any) -> dict[str, Any]:
+        result = run_open_loop(target.host, target.port, timeout=REQUEST_TIMEOUT, **kwargs)
+        return self._record(summarize_raw(target.name, scenario, mode, result))
+
+    def login_rates(self) -> list[float]:
+        if self.o["rates"]:
+            return [float(r) for r in self.o["rates"]]
+        sat = self.saturation.get(("velro", "login")) or FALLBACK_LOGIN_SAT
+        rates = [self.o["low_rate"]] + [round(sat * f, 1) for f in DEFAULT_FRACTIONS]
+        return sorted({max(0.5, r) for r in rates})
+
+    def openloop(self) -> None:
+        duration = self.o["open_duration"]
+        for rate in self.login_rates():
+            for target in self.targets:
+                if not self._time_left(duration + 25, f"{target.name} login open loop @ {_fmt_rate(rate)}"):
+                    return
+                self._settle(target)
+                connections = open_connections(rate)
+                self._open(
+                    target,
+                    "login",
+                    "open",
+                    requests=target.login_requests(),
+                    warmup=target.idle_request(),
+                    rate=rate,
+                    duration=duration,
+                    connections=connections,
                 )
-                if row["status_counts"].get("429"):
-                    notes.append(f"{scenario} @ {label}: 429 rate_limited answers: is RATELIMIT_ENABLE=false?")
-                    log(notes[-1])
-        return version
+
+    def overload(self) -> None:
+        sat = self.saturation.get(("velro", "login")) or FALLBACK_LOGIN_SAT
+        rate = round(self.o["overload_factor"] * sat, 1)
+        duration = self.o["overload_duration"]
+        if not self._time_left(duration + 40, f"velro overload @ {rate}"):
+            return
+        self._settle(self.velro)
+        connections = open_connections(rate)
+        self._open(
+            self.velro,
+            "overload",
+            "overload",
+            requests=self.velro.login_requests(),
+            warmup=self.velro.idle_request(),
+            rate=rate,
+            duration=duration,
+            connections=connections,
+        )
+        self._settle(self.velro, timeout=30)
+
+    def many(self) -> None:
+        from loadtest.proxy import NginxProxy
+
+        sat = self.saturation.get(("velro", "me")) or FALLBACK_ME_SAT
+        rate = round(sat / 2, 1)
+        connections = self.o["many_connections"]
+        duration = self.o["many_duration"]
+        ramp_rate = self.o["many_ramp_rate"]
+        if not self._time_left(duration + connections / ramp_rate + 60, f"velro many clients @ {rate}"):
+            return
+        self._settle(self.velro)
+        tokens = self.velro.tokens()
+        with NginxProxy(self.out_dir / "nginx", self.velro.port, access_log_off=True) as proxy:
+            self.notes.append(
+                "many clients: nginx (deploy/nginx/velro.conf, worker settings of deploy/nginx/nginx.conf: "
+                + ", ".join(f"{k} {v}" for k, v in proxy.settings.items())
+                + ") with its access log off in the benchmark's private copy (one JSON line per request costs CPU)"
+            )
+            host = f"127.0.0.1:{proxy.port}"
+            result = run_open_loop(
+                "127.0.0.1",
+                proxy.port,
+                self.velro.me_requests(tokens, host_header=host),
+                warmup=self.velro.me_requests(tokens[:1], host_header=host)[0],
+                rate=rate,
+                duration=duration,
+                connections=connections,
+                processes=self.o["many_processes"],
+                ramp_rate=ramp_rate,
+                timeout=REQUEST_TIMEOUT,
+            )
+            row = self._record(summarize_raw("velro", "many", "many", result))
+            row["proxy"] = {"server": "nginx", **proxy.settings}
+
+    def run(self) -> None:
+        scenarios = self.o["scenarios"]
+        for scenario in ("login", "me", "health"):
+            if scenario in scenarios:
+                self.saturation_run(scenario)
+        if "openloop" in scenarios:
+            self.openloop()
+        if "overload" in scenarios:
+            self.overload()
+        if "many" in scenarios:
+            self.many()
+
+
+# --- the figures ------------------------------------------------------------------------------
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def _find(runs: Sequence[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
+    for row in runs:
+        if all(row.get(k) == v for k, v in match.items()):
+            return row
+    return None
+
+
+def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: float | None, nproc: int) -> list[dict]:
+    """The headline figures: each as Velro, peer, Velro/peer, Velro/floor, target and pass."""
+    floor_ms = floor.get("median_ms")
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, unit: str, velro: Any, peer: Any, **extra: Any) -> None:
+        out.append({"figure": name, "unit": unit, "velro": velro, "peer": peer, **extra})
+
+    has_peer = any(row["target"] == "peer" for row in runs)
+    add(
+        "argon2id floor (median local verify)", "ms", floor_ms, floor_ms if has_peer else None, target=None, passed=None
+    )
+    low_v = _find(runs, target="velro", scenario="login", mode="open", rate=low_rate)
+    low_p = _find(runs, target="peer", scenario="login", mode="open", rate=low_rate)
+    if low_v:
+        v, p = low_v["ok_latency"]["p50_ms"], low_p["ok_latency"]["p50_ms"] if low_p else None
+        ratio_floor = _ratio(v, floor_ms)
+        add(
+            f"login p50 @ {_fmt_rate(low_rate)} RPS open loop",
+            "ms",
+            v,
+            p,
+            vs_peer=_ratio(v, p),
+            vs_floor=ratio_floor,
+            peer_vs_floor=_ratio(p, floor_ms),
+            target=f"<= {TARGET_FLOOR_RATIO:.2f}x floor",
+            passed=None if ratio_floor is None else ratio_floor <= TARGET_FLOOR_RATIO and low_v["error_count"] == 0,
+        )
+    ideal = (nproc * 1000.0 / floor_ms) if floor_ms else None
+    for scenario, name, goal in (
+        ("login", "login throughput (wrk, saturation)", TARGET_LOGIN_VS_PEER),
+        ("me", "GET /me throughput (wrk, saturation)", TARGET_ME_VS_PEER),
+        ("health", "GET /health throughput (wrk, saturation)", None),
+    ):
+        v_row = _find(runs, target="velro", scenario=scenario, mode="saturation")
+        p_row = _find(runs, target="peer", scenario=scenario, mode="saturation")
+        if not v_row:
+            continue
+        v, p = v_row["ok_rps"], p_row["ok_rps"] if p_row else None
+        vs_peer = _ratio(v, p)
+        add(
+            name,
+            "ok/s",
+            v,
+            p,
+            vs_peer=vs_peer,
+            vs_floor=_ratio(v, ideal) if scenario == "login" else None,
+            peer_vs_floor=_ratio(p, ideal) if scenario == "login" else None,
+            target=None if goal is None else f">= {goal:g}x peer",
+            passed=None if goal is None or vs_peer is None else vs_peer >= goal,
+        )
+    over = _find(runs, target="velro", scenario="overload")
+    if over:
+        shed, served = over["shed"], over["served"]
+        add(
+            f"overload @ {_fmt_rate(over['rate'])} RPS: shed (503) p50",
+            "ms",
+            shed["p50_ms"],
+            None,
+            short="overload\nshed p50",
+            count=shed["count"],
+            target=f"<= {TARGET_SHED_P50_MS:g} ms",
+            passed=None if shed["p50_ms"] is None else shed["p50_ms"] <= TARGET_SHED_P50_MS,
+        )
+        add(
+            f"overload @ {_fmt_rate(over['rate'])} RPS: served (200) p99",
+            "ms",
+            served["p99_ms"],
+            None,
+            short="overload\nserved p99",
+            count=served["count"],
+            errors=over["error_count"],
+            target=f"<= {TARGET_SERVED_P99_MS:g} ms",
+            passed=None if served["p99_ms"] is None else served["p99_ms"] <= TARGET_SERVED_P99_MS,
+        )
+    many = _find(runs, target="velro", scenario="many")
+    if many:
+        label = f"{many['connections']} clients via nginx @ {_fmt_rate(many['rate'])} RPS"
+        failed = many["requests"] - many["ok"]  # errors and non-2xx answers
+        add(
+            f"{label}: errors + non-2xx",
+            "count",
+            failed,
+            None,
+            target="0",
+            passed=failed == 0 and many["connected"] == many["connections"],
+            connected=many["connected"],
+        )
+        add(
+            f"{label}: p99",
+            "ms",
+            many["p99_ms"],
+            None,
+            short=f"{many['connections']} clients\np99",
+            target=f"<= {TARGET_MANY_P99_MS:g} ms",
+            passed=None if many["p99_ms"] is None else many["p99_ms"] <= TARGET_MANY_P99_MS,
+        )
+    return out
+
+
+# --- running it -------------------------------------------------------------------------------
 
 
 def run_benchmark(
-    url: str,
+    velro_url: str,
     *,
-    rates: Sequence[float] = DEFAULT_RATES,
-    duration: float = DEFAULT_DURATION,
-    concurrency: int = DEFAULT_CONCURRENCY,
-    users: int = DEFAULT_USERS,
-    out_dir: str | os.PathLike[str] = BASE_DIR / "var" / "bench",
-    max_requests: int = DEFAULT_MAX_REQUESTS,
-    scenarios: Sequence[str] = SCENARIOS,
-    floor_samples: int = DEFAULT_FLOOR_SAMPLES,
-    deadline: float = DEFAULT_DEADLINE,
+    peer_url: str | None,
+    users: Sequence[tuple[str, str]],
+    options: dict[str, Any],
+    out_dir: Path,
     name: str = "perf_benchmark",
     target_info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Benchmark the server at `url` (loopback only); write <name>.json and <name>.png to
-    `out_dir`; return the result (what the JSON file holds)."""
-    url = check_target(url)
-    rates = [float(rate) for rate in rates]
-    _validate(rates, duration, concurrency, users, max_requests)
-    unknown = [s for s in scenarios if s not in SCENARIOS]
-    if unknown or not scenarios:
-        raise BenchmarkError(f"scenarios must be among {', '.join(SCENARIOS)}; got {list(scenarios)}")
-    if not 0 < deadline <= MAX_DEADLINE:
-        raise BenchmarkError(f"deadline {deadline} out of range (0, {MAX_DEADLINE:g}] s")
+    """Benchmark Velro at `velro_url` (and the peer at `peer_url`, same users already seeded);
+    write <name>.json and <name>.png to `out_dir`; return the result (what the JSON holds)."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise BenchmarkError(f"bad output name {name!r}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    _probe_health(url)
+    out_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     started_at = datetime.now(UTC)
     load_start = loadavg()
+    nofile = raise_nofile_limit()
 
+    targets = [velro_target(velro_url, users)]
+    if peer_url:
+        targets.append(peer_target(peer_url, users))
+    for target in targets:
+        status, _ = quick_get(target.host, target.port, target.idle_request(), timeout=5)
+        if status is None:
+            raise BenchmarkError(f"{target.name} at {target.url} does not answer")
+    with httpx.Client(base_url=targets[0].url, timeout=5, trust_env=False) as client:
+        response = client.get("/__version")
+        version = response.json() if response.status_code == 200 else None
+
+    floor_samples = options["floor_samples"]
     log(f"argon2id floor: {floor_samples} local verifies (m={ARGON2_MEMORY_COST_KIB} KiB, t={ARGON2_TIME_COST})")
     floor_before = measure_argon2_floor(floor_samples)
     log(f"argon2id floor, before the runs: median {floor_before['median_ms']} ms")
 
-    rows: list[dict[str, Any]] = []
-    notes: list[str] = []
-    version: dict | None = None
-    complete = False
-    # httpx logs every request at INFO: a flood under any app logging config.
-    httpx_logger = logging.getLogger("httpx")
-    httpx_level = httpx_logger.level
-    httpx_logger.setLevel(logging.WARNING)
+    bench = Benchmark(targets, options, out_dir, started + options["deadline"])
+    interrupted = None
     try:
-        version = asyncio.run(
-            asyncio.wait_for(
-                _benchmark(
-                    url,
-                    rates=rates,
-                    duration=duration,
-                    concurrency=concurrency,
-                    users=users,
-                    max_requests=max_requests,
-                    scenarios=list(scenarios),
-                    deadline_at=started + deadline,
-                    rows=rows,
-                    notes=notes,
-                ),
-                timeout=max(1.0, deadline - (time.monotonic() - started)),
-            )
-        )
-        complete = len(rows) == len(scenarios) * (len(rates) + 1)
-    except TimeoutError:
-        notes.append(f"overall deadline of {deadline:g} s reached: results are partial")
-        log(notes[-1])
-    finally:
-        httpx_logger.setLevel(httpx_level)
-
+        bench.run()
+    except KeyboardInterrupt:
+        interrupted = "interrupted: results are partial"
+        bench.notes.append(interrupted)
     floor_after = measure_argon2_floor(floor_samples)
     log(f"argon2id floor, after the runs: median {floor_after['median_ms']} ms")
     floor = combine_floors(floor_before, floor_after)
-    for row in rows:
-        if row["scenario"] == "login" and row["p50_ms"] and floor["median_ms"]:
-            row["login_p50_floor_ratio"] = rounded(row["p50_ms"] / floor["median_ms"])
+    machine = machine_info()
+    low_rate = None if options["rates"] else float(options["low_rate"])
+    if options["rates"]:
+        low_rate = min(float(r) for r in options["rates"])
+    figs = figures(bench.runs, floor, low_rate, machine["nproc"] or 1)
+    complete = not bench.skipped and interrupted is None
 
     result: dict[str, Any] = {
-        "schema": 1,
+        "schema": 2,
         "tool": "loadtest.benchmark",
         "started_at": started_at.isoformat(timespec="seconds"),
         "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "elapsed_s": round(time.monotonic() - started, 1),
         "complete": complete,
-        "target": {"url": url, "version": version, **(target_info or {})},
-        "machine": machine_info(),
+        "targets": {
+            "velro": {"url": velro_url, "version": version, **(target_info or {}).get("velro", {})},
+            "peer": None if not peer_url else {"url": peer_url, **(target_info or {}).get("peer", {})},
+        },
+        "machine": machine,
         "load_average": {"start": load_start, "end": loadavg()},
         "config": {
-            "scenarios": list(scenarios),
-            "rates": rates,
-            "duration_s": duration,
-            "concurrency": concurrency,
-            "users": users,
-            "max_requests_per_run": max_requests,
+            **{k: v for k, v in options.items() if k != "deadline"},
+            "deadline_s": options["deadline"],
+            "users": len(users),
             "request_timeout_s": REQUEST_TIMEOUT,
-            "deadline_s": deadline,
-            "load_generator": f"asyncio + httpx {httpx.__version__}, same machine",
+            "login_rates": bench.login_rates() if "openloop" in options["scenarios"] else [],
+            "saturation_tool": wrk_version(),
+            "open_loop_tool": "loadtest.rawload (asyncio streams, latency from the scheduled send time)",
+            "rlimit_nofile": nofile,
         },
         "floor": floor,
-        "rows": rows,
-        "notes": notes,
+        "figures": figs,
+        "runs": bench.runs,
+        "notes": bench.notes,
     }
-    json_path = out / f"{name}.json"
-    png_path = out / f"{name}.png"
+    json_path = out_dir / f"{name}.json"
+    png_path = out_dir / f"{name}.png"
     result["files"] = {"json": str(json_path), "png": str(png_path)}
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     write_chart(result, png_path)
@@ -481,42 +764,16 @@ def run_benchmark(
 # --- output -----------------------------------------------------------------------------------
 
 
-def _cell(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+def _num(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.{digits}f}"
 
 
-def format_table(result: dict[str, Any]) -> str:
-    header = [
-        "scenario",
-        "rate",
-        "requests",
-        "success %",
-        "RPS",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "max ms",
-        "server p50",
-        "login p50/floor",
-    ]
-    lines = [header]
-    for row in result["rows"]:
-        lines.append(
-            [
-                row["scenario"],
-                row["label"] if row["mode"] == "open" else f"sat (c={row['concurrency']})",
-                str(row["requests"]),
-                f"{row['success_rate'] * 100:.1f}",
-                f"{row['achieved_rps']:.1f}",
-                _cell(row["p50_ms"]),
-                _cell(row["p95_ms"]),
-                _cell(row["p99_ms"]),
-                _cell(row["max_ms"]),
-                _cell(row["server_p50_ms"]),
-                "-" if row["login_p50_floor_ratio"] is None else f"{row['login_p50_floor_ratio']:.2f}x",
-            ]
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+def _render(lines: list[list[str]]) -> str:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     rendered = []
     for n, line in enumerate(lines):
         cells = [cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(line)]
@@ -526,18 +783,87 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(rendered)
 
 
+def format_figures(result: dict[str, Any]) -> str:
+    lines = [["figure", "Velro", "peer", "vs peer", "vs floor", "target", "pass"]]
+    for fig in result["figures"]:
+        unit = fig["unit"]
+        vs_floor = fig.get("vs_floor")
+        floor_cell = "-" if vs_floor is None else f"{vs_floor:.2f}x"
+        if fig.get("peer_vs_floor") is not None:
+            floor_cell += f" (peer {fig['peer_vs_floor']:.2f}x)"
+        passed = fig.get("passed")
+        lines.append(
+            [
+                f"{fig['figure']} ({unit})",
+                _num(fig["velro"]),
+                _num(fig["peer"]),
+                "-" if fig.get("vs_peer") is None else f"{fig['vs_peer']:.2f}x",
+                floor_cell,
+                fig.get("target") or "reported",
+                "-" if passed is None else ("PASS" if passed else "FAIL"),
+            ]
+        )
+    return _render(lines)
+
+
+def format_runs(result: dict[str, Any]) -> str:
+    lines = [
+        [
+            "target",
+            "scenario",
+            "mode",
+            "rate",
+            "conns",
+            "requests",
+            "ok %",
+            "ok/s",
+            "p50",
+            "p90",
+            "p99",
+            "max",
+            "statuses",
+            "errors",
+        ]
+    ]
+    for row in result["runs"]:
+        errors = row.get("errors") if row.get("tool") == "rawload" else row.get("socket_errors")
+        lines.append(
+            [
+                row["target"],
+                row["scenario"],
+                row["mode"],
+                _fmt_rate(row["rate"]),
+                str(row["connections"]),
+                str(row["requests"]),
+                f"{row['success_rate'] * 100:.1f}",
+                f"{row['ok_rps']:.1f}",
+                _num(row["p50_ms"]),
+                _num(row["p90_ms"]),
+                _num(row["p99_ms"]),
+                _num(row["max_ms"]),
+                " ".join(f"{k}:{v}" for k, v in row["status_counts"].items()) or "-",
+                " ".join(f"{k}:{v}" for k, v in (errors or {}).items()) or "-",
+            ]
+        )
+    return _render(lines)
+
+
 def format_summary(result: dict[str, Any]) -> str:
     machine = result["machine"]
     floor = result["floor"]
     load = result["load_average"]
+    config = result["config"]
     lines = [
         f"machine: {machine['nproc']} CPUs ({machine['cpu_model']}), {machine['ram_gib']} GiB RAM, "
         f"Python {machine['python']}; load average {load['start']} -> {load['end']}",
         f"argon2id floor (m={floor['memory_cost_kib']} KiB, t={floor['time_cost']}, p={floor['parallelism']}): "
         f"median {floor['median_ms']} ms over {floor['samples']} local verifies "
-        f"(before the runs {floor['before']['median_ms']} ms, after {floor['after']['median_ms']} ms: lower counts)",
-        f"config: duration {result['config']['duration_s']:g} s per run, saturation concurrency "
-        f"{result['config']['concurrency']}, {result['config']['users']} users",
+        f"(before {floor['before']['median_ms']} ms, after {floor['after']['median_ms']} ms: lower counts); "
+        "login throughput vs floor = ok/s / (CPUs x 1000 / floor)",
+        f"saturation: {config['saturation_tool']}, {config['duration']:g} s after {config['warmup']:g} s warm-up, "
+        f"login {config['login_connections']} / me+health {config['me_connections']} connections, "
+        f"{config['wrk_threads']} threads; open loop: {config['open_loop_tool']}",
+        f"elapsed {result['elapsed_s']} s",
     ]
     lines.extend(f"note: {note}" for note in result["notes"])
     return "\n".join(lines)
@@ -549,31 +875,78 @@ def write_chart(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    scenarios = result["config"]["scenarios"]
-    fig, axes = plt.subplots(1, len(scenarios), figsize=(5 * len(scenarios), 4.5), squeeze=False)
+    runs = result["runs"]
+    fig, axes = plt.subplots(1, 3, figsize=(17, 5))
+    colors = {"velro": "tab:blue", "peer": "tab:orange"}
+
+    ax = axes[0]
     floor_ms = result["floor"].get("median_ms")
-    for ax, scenario in zip(axes[0], scenarios, strict=True):
-        rows = [row for row in result["rows"] if row["scenario"] == scenario]
-        labels = [row["label"] if row["mode"] == "open" else f"sat\nc={row['concurrency']}" for row in rows]
-        xs = list(range(len(rows)))
-        for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
-            ys = [row[key] if row[key] else float("nan") for row in rows]
-            ax.plot(xs, ys, style, label=key.removesuffix("_ms"))
-        server = [row["server_p50_ms"] or float("nan") for row in rows]
-        if any(value == value for value in server):  # any not NaN: the server sent Server-Timing
-            ax.plot(xs, server, "x-", color="grey", linewidth=1, label="server p50 (Server-Timing)")
-        if scenario == "login" and floor_ms:
-            ax.axhline(floor_ms, color="black", linestyle="-.", linewidth=1, label=f"argon2id floor {floor_ms:.1f} ms")
+    for target in ("velro", "peer"):
+        rows = sorted(
+            (r for r in runs if r["target"] == target and r["scenario"] == "login" and r["mode"] == "open"),
+            key=lambda r: r["rate"],
+        )
+        if not rows:
+            continue
+        xs = [r["rate"] for r in rows]
+        for key, style in (("p50_ms", "o-"), ("p99_ms", "^--")):
+            ys = [r[key] if r[key] is not None else float("nan") for r in rows]
+            ax.plot(xs, ys, style, color=colors[target], label=f"{target} {key.removesuffix('_ms')}")
+    if floor_ms:
+        ax.axhline(floor_ms, color="black", linestyle="-.", linewidth=1, label=f"argon2id floor {floor_ms:.1f} ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered login rate (RPS, open loop)")
+    ax.set_ylabel("latency (ms, from scheduled send)")
+    ax.set_title("login latency vs offered load")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+
+    ax = axes[1]
+    labels, velro_vals, peer_vals = [], [], []
+    for scenario in ("login", "me", "health"):
+        v = _find(runs, target="velro", scenario=scenario, mode="saturation")
+        if not v:
+            continue
+        p = _find(runs, target="peer", scenario=scenario, mode="saturation")
+        labels.append(scenario)
+        velro_vals.append(v["ok_rps"])
+        peer_vals.append(p["ok_rps"] if p else 0.0)
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], velro_vals, 0.4, label="velro", color=colors["velro"])
+    ax.bar([x + 0.2 for x in xs], peer_vals, 0.4, label="peer", color=colors["peer"])
+    for x, v, p in zip(xs, velro_vals, peer_vals, strict=True):
+        if p:
+            ax.annotate(f"{v / p:.2f}x", (x, max(v, p)), ha="center", va="bottom", fontsize="small")
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("2xx responses / s (wrk, closed loop)")
+    ax.set_title("saturation throughput (ratio = velro / peer)")
+    ax.legend(fontsize="small")
+    ax.grid(True, axis="y", alpha=0.3)
+
+    ax = axes[2]
+    bars = []
+    for fig_row in result["figures"]:
+        target = fig_row.get("target") or ""
+        if fig_row["unit"] == "ms" and target and "floor" not in target and fig_row["velro"] is not None:
+            bars.append(fig_row)
+    if bars:
+        names = [b.get("short") or b["figure"] for b in bars]
+        values = [b["velro"] for b in bars]
+        limits = [float(re.findall(r"[\d.]+", b["target"])[0]) for b in bars]
+        bar_colors = ["tab:green" if b["passed"] else "tab:red" for b in bars]
+        ax.bar(range(len(bars)), values, color=bar_colors)
+        ax.scatter(range(len(bars)), limits, marker="_", s=900, color="black", label="target (max)")
+        ax.set_xticks(range(len(bars)), names, fontsize="small")
         ax.set_yscale("log")
-        ax.set_xticks(xs, labels)
-        ax.set_xlabel("offered rate (RPS) / saturation")
-        ax.set_ylabel("latency (ms, client side)")
-        ax.set_title(scenario)
-        ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
+    ax.set_ylabel("ms")
+    ax.set_title("overload and many clients (velro)")
+    ax.grid(True, axis="y", which="both", alpha=0.3)
+
     machine = result["machine"]
     fig.suptitle(
-        f"Velro auth latency: {machine['nproc']} CPUs, {machine['cpu_model']} ({result['started_at']})",
+        f"Velro vs stock Django+DRF+simplejwt peer: {machine['nproc']} CPUs, {machine['cpu_model']} "
+        f"({result['started_at']})",
         fontsize="medium",
     )
     fig.tight_layout()
@@ -588,9 +961,9 @@ def _rates(text: str) -> list[float]:
     try:
         rates = [float(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--rates: expected numbers like 1,5,10,50, got {text!r}") from None
-    if not rates:
-        raise argparse.ArgumentTypeError("--rates: at least one rate")
+        raise argparse.ArgumentTypeError(f"--rates: expected numbers like 4,20,40, got {text!r}") from None
+    if not rates or any(not 0 < r <= MAX_RATE for r in rates):
+        raise argparse.ArgumentTypeError(f"--rates: numbers in (0, {MAX_RATE:g}]")
     return rates
 
 
@@ -602,39 +975,86 @@ def _scenarios(text: str) -> list[str]:
     return names
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= MAX_DURATION:
+        raise argparse.ArgumentTypeError(f"a duration in (0, {MAX_DURATION:g}] s")
+    return value
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.benchmark",
-        description="Benchmark Velro's auth hot path (login, refresh, /me) over HTTP.",
+        description="Benchmark Velro's auth hot path against a stock Django+DRF+simplejwt peer and the argon2id floor.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    target = parser.add_mutually_exclusive_group()
-    target.add_argument("--url", help="a running server (loopback only), e.g. http://127.0.0.1:8000")
-    target.add_argument(
-        "--start", action="store_true", help="start gunicorn on a free port (the default when --url is not given)"
-    )
-    parser.add_argument("--rates", type=_rates, default=list(DEFAULT_RATES), help="open-loop rates, RPS")
-    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds per run")
-    parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="saturation run workers")
-    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="benchmark users signed up")
-    parser.add_argument("--max-requests", type=int, default=DEFAULT_MAX_REQUESTS, help="cap per run")
+    parser.add_argument("--url", help="a running Velro (loopback, RATELIMIT_ENABLE=false); default: start gunicorn")
+    parser.add_argument("--no-peer", action="store_true", help="do not start or measure the stock peer")
     parser.add_argument("--scenarios", type=_scenarios, default=list(SCENARIOS), help="comma-separated")
+    parser.add_argument("--duration", type=_seconds, default=DEFAULT_DURATION, help="seconds per wrk saturation run")
+    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP, help="unmeasured wrk seconds before each")
+    parser.add_argument(
+        "--open-duration", type=_seconds, default=DEFAULT_OPEN_DURATION, help="seconds per open-loop run"
+    )
+    parser.add_argument("--low-rate", type=float, default=DEFAULT_LOW_RATE, help="login RPS of the floor-ratio run")
+    parser.add_argument(
+        "--rates",
+        type=_rates,
+        default=None,
+        help="open-loop login rates (default: low rate + 25..100%% of Velro's login saturation)",
+    )
+    parser.add_argument("--overload-factor", type=float, default=DEFAULT_OVERLOAD_FACTOR, help="x login saturation")
+    parser.add_argument("--overload-duration", type=_seconds, default=DEFAULT_OVERLOAD_DURATION)
+    parser.add_argument("--many-connections", type=int, default=DEFAULT_MANY_CONNECTIONS)
+    parser.add_argument("--many-duration", type=_seconds, default=DEFAULT_MANY_DURATION)
+    parser.add_argument("--many-processes", type=int, default=DEFAULT_MANY_PROCESSES, help="generator processes")
+    parser.add_argument("--many-ramp-rate", type=float, default=DEFAULT_MANY_RAMP_RATE, help="new connections/s")
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS, help="benchmark users (both servers)")
+    parser.add_argument("--login-connections", type=int, default=DEFAULT_LOGIN_CONNECTIONS, help="wrk, login")
+    parser.add_argument("--me-connections", type=int, default=DEFAULT_ME_CONNECTIONS, help="wrk, /me and /health")
+    parser.add_argument("--wrk-threads", type=int, default=DEFAULT_WRK_THREADS)
     parser.add_argument("--floor-samples", type=int, default=DEFAULT_FLOOR_SAMPLES, help="local argon2id verifies")
     parser.add_argument("--deadline", type=float, default=DEFAULT_DEADLINE, help="overall limit, seconds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON output (PNG beside)")
-    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="with --start")
-    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="with --start")
-    parser.add_argument("--broker-url", default=None, help="with --start; default: the settings' (REDIS_URL)")
+    parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help="Velro's, when started here")
+    parser.add_argument("--peer-database-url", default=DEFAULT_PEER_DATABASE_URL)
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Velro's, when started here")
+    parser.add_argument("--broker-url", default=None, help="Velro's; default: the settings' (REDIS_URL)")
     return parser.parse_args(argv)
+
+
+def options_from(args: argparse.Namespace) -> dict[str, Any]:
+    if not 1 <= args.users <= MAX_USERS:
+        raise BenchmarkError(f"users {args.users} out of range [1, {MAX_USERS}]")
+    if not 0 < args.deadline <= MAX_DEADLINE:
+        raise BenchmarkError(f"deadline {args.deadline} out of range (0, {MAX_DEADLINE:g}] s")
+    if not 1 <= args.many_connections <= 50_000:
+        raise BenchmarkError("--many-connections out of range [1, 50000]")
+    if not 0 < args.low_rate <= MAX_RATE or not 0 < args.overload_factor <= 20:
+        raise BenchmarkError("--low-rate / --overload-factor out of range")
+    return {
+        "scenarios": list(args.scenarios),
+        "duration": args.duration,
+        "warmup": max(0.0, args.warmup),
+        "open_duration": args.open_duration,
+        "low_rate": args.low_rate,
+        "rates": args.rates,
+        "overload_factor": args.overload_factor,
+        "overload_duration": args.overload_duration,
+        "many_connections": args.many_connections,
+        "many_duration": args.many_duration,
+        "many_processes": max(1, args.many_processes),
+        "many_ramp_rate": max(10.0, args.many_ramp_rate),
+        "login_connections": max(1, args.login_connections),
+        "me_connections": max(1, args.me_connections),
+        "wrk_threads": max(1, args.wrk_threads),
+        "floor_samples": max(1, min(args.floor_samples, MAX_FLOOR_SAMPLES)),
+        "deadline": args.deadline,
+    }
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
-
-
-def start_stack(args: argparse.Namespace, run_dir: Path) -> Stack:
-    """gunicorn on a free loopback port against --database-url (created if missing, migrated), --redis-url."""
-    return Stack(run_dir=run_dir, database_url=args.database_url, redis_url=args.redis_url, broker_url=args.broker_url)
 
 
 def stack_info(stack: Stack) -> dict[str, Any]:
@@ -652,40 +1072,67 @@ def stack_info(stack: Stack) -> dict[str, Any]:
     }
 
 
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start what is needed (Velro unless --url, the peer unless --no-peer), measure, stop."""
+    from contextlib import ExitStack
+
+    from loadtest.peerstack import PeerStack
+
+    options = options_from(args)
+    out: Path = args.out
+    run_dir = out.parent
+    users = make_users(args.users)
+    info: dict[str, Any] = {}
+    with ExitStack() as stack:
+        if args.url:
+            velro_url = check_target(args.url)
+            info["velro"] = {"started_by_benchmark": False}
+        else:
+            log("starting Velro: gunicorn (RATELIMIT_ENABLE=false)")
+            velro = stack.enter_context(
+                Stack(
+                    run_dir=run_dir,
+                    database_url=args.database_url,
+                    redis_url=args.redis_url,
+                    broker_url=args.broker_url,
+                )
+            )
+            velro_url = velro.web.url
+            info["velro"] = stack_info(velro)
+        log(f"signing up {len(users)} users on Velro")
+        signup_velro(velro_url, users)
+        peer_url = None
+        if not args.no_peer:
+            peer = stack.enter_context(PeerStack(run_dir=run_dir, users=users, database_url=args.peer_database_url))
+            peer_url = peer.url
+            info["peer"] = {
+                "server": f"gunicorn -w {peer.workers} stockpeer.wsgi (sync workers, stock defaults)",
+                "stack": "Django + DRF + djangorestframework-simplejwt (loadtest/peer/requirements.txt)",
+                "database_url": redact(peer.db.url),
+                "log": str(peer.web.log_path),
+            }
+        return run_benchmark(
+            velro_url, peer_url=peer_url, users=users, options=options, out_dir=run_dir, name=out.stem, target_info=info
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    out: Path = args.out
-    if out.suffix != ".json":
+    if args.out.suffix != ".json":
         print("--out must name a .json file", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, _on_sigterm)
-    kwargs: dict[str, Any] = {
-        "rates": args.rates,
-        "duration": args.duration,
-        "concurrency": args.concurrency,
-        "users": args.users,
-        "out_dir": out.parent,
-        "max_requests": args.max_requests,
-        "scenarios": args.scenarios,
-        "floor_samples": args.floor_samples,
-        "deadline": args.deadline,
-        "name": out.stem,
-    }
     try:
-        if args.url:
-            result = run_benchmark(args.url, target_info={"started_by_benchmark": False}, **kwargs)
-        else:
-            _validate(args.rates, args.duration, args.concurrency, args.users, args.max_requests)
-            log("starting gunicorn (RATELIMIT_ENABLE=false)")
-            with start_stack(args, out.parent) as stack:
-                result = run_benchmark(stack.web.url, target_info=stack_info(stack), **kwargs)
+        result = run(args)
     except LoadTestError as exc:
         print(f"perf_benchmark: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("perf_benchmark: interrupted", file=sys.stderr)
         return 130
-    print(format_table(result))
+    print(format_figures(result))
+    print()
+    print(format_runs(result))
     print()
     print(format_summary(result))
     print(f"JSON: {result['files']['json']}\nPNG:  {result['files']['png']}")

@@ -339,6 +339,18 @@ ensure_nginx() {
 	[[ -x /usr/sbin/nginx ]] || _setup_die "nginx missing after installing it" || return 1
 }
 
+# --- wrk (the perf benchmark's saturation runs and its smoke test) -----------------
+
+ensure_wrk() {
+	if _have wrk || [[ -x /usr/bin/wrk ]]; then
+		_setup_log "wrk ready"
+		return 0
+	fi
+	_setup_log "wrk not installed: installing Debian's wrk (loadtest.benchmark's closed-loop runs)"
+	_apt_install wrk || return 1
+	[[ -x /usr/bin/wrk ]] || _setup_die "wrk missing after installing it" || return 1
+}
+
 # --- Chromium (admin browser test) ---------------------------------------------------
 
 # Playwright drives Debian's chromium through executable_path (no `playwright

@@ -24,6 +24,7 @@ ensure_chromium
 ensure_pgbouncer
 ensure_promtool
 ensure_nginx
+ensure_wrk
 ensure_venv requirements-dev.txt
 
 if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then
