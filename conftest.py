@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import tempfile
 from typing import Any
 
 import pytest
@@ -32,6 +33,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip("needs PostgreSQL (runs in the main suite)")
 
 
+_TEST_SLOTS_DIR = tempfile.mkdtemp(prefix="velro-test-hash-slots-")
+
+
 def _reset_shared_state() -> None:
     cache.clear()
     safe_cache.reset()
@@ -58,6 +62,9 @@ def _isolation(settings):
     # The revocation feed's poller thread stays off: tests about it
     # (accounts/tests/test_revocations.py) turn it on and poll by hand.
     settings.REVOCATION_FEED_INTERVAL_SECONDS = 0
+    # The machine-wide hashing slots of this test run only: a Velro running on
+    # the same box (a benchmark, run.sh) must not make a test's login wait.
+    settings.HASH_SLOTS_DIR = _TEST_SLOTS_DIR
     _reset_shared_state()
     yield
     _reset_shared_state()

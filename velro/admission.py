@@ -27,8 +27,10 @@ Platform code: velro imports no app.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import socket
 import struct
 import threading
@@ -187,6 +189,125 @@ class Admission:
         logger.warning("admission %s: shed (%s)", self.name, reason, extra={"reason": reason})
         admission_shed.send(sender=Admission, name=self.name, reason=reason)
         return Overloaded(reason=reason)
+
+
+# --- across the processes of the machine -----------------------------------------------------
+
+
+class MachineSlots:
+    """At most `count` holders at once among every process of this machine
+    (container) that uses `directory`: one advisory lock (flock) per slot file.
+
+    gunicorn runs several worker processes, and connections stay with the
+    worker that accepted them, so a per-process bound alone either lets every
+    worker hash at once (5 memory-hard argon2id hashes thrashing 2 cores'
+    caches) or, set to one per worker, sheds in a busy worker while another
+    sits idle. The machine's cores are the real bound. The kernel drops a
+    process's locks when it dies, so a worker killed mid-hash leaks no slot.
+    A waiter polls every `poll` seconds until its deadline (no order among
+    waiters of different processes: the wait itself is bounded). If the slot
+    files cannot be used (permissions, no such file system), the bound is
+    skipped with one warning: hashing never fails because of it.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        count: int,
+        *,
+        poll: float = 0.002,
+        clock: Clock = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        self.directory = directory
+        self.count = count
+        self.poll = poll
+        self._clock = clock
+        self._sleep = sleep
+        self._paths = [os.path.join(directory, f"slot-{index}") for index in range(count)]
+        self._next = 0  # where this process tries first, so its threads spread over the files
+        self._broken = False
+        # Each thread opens the slot files once and keeps them: flock tells
+        # open files apart, so two threads of one process exclude each other
+        # as two processes do, and a poll is one flock call per slot.
+        self._local = threading.local()
+
+    def _fds(self) -> list[int]:
+        fds = getattr(self._local, "fds", None)
+        # Opened again in a forked child: inherited descriptors share their
+        # open files (and locks) with the parent's.
+        if fds is None or self._local.pid != os.getpid():
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for path in self._paths]
+            self._local.fds, self._local.pid = fds, os.getpid()
+        return fds
+
+    def try_acquire(self) -> int | None:
+        """A held slot (its file descriptor), or None when every slot is taken."""
+        fds = self._fds()
+        start = self._next
+        self._next = (start + 1) % self.count
+        for offset in range(self.count):
+            fd = fds[(start + offset) % self.count]
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            return fd
+        return None
+
+    def acquire(self, timeout: float) -> int | None:
+        """A held slot within `timeout` seconds, else None (-1: the bound is off)."""
+        if self._broken:
+            return -1
+        deadline = self._clock() + timeout
+        try:
+            while True:
+                fd = self.try_acquire()
+                if fd is not None or self._clock() >= deadline:
+                    return fd
+                self._sleep(self.poll)
+        except OSError as exc:
+            self._broken = True
+            logger.warning("hashing slots in %s unusable (%s): per-process bound only", self.directory, exc)
+            return -1
+
+    @staticmethod
+    def release(fd: int) -> None:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+_machine_slots: MachineSlots | None = None
+
+
+def machine_slots() -> MachineSlots | None:
+    """HASH_MACHINE_SLOTS slots in HASH_SLOTS_DIR (None when 0: off)."""
+    global _machine_slots
+    count = settings.HASH_MACHINE_SLOTS
+    if count <= 0:
+        return None
+    slots = _machine_slots
+    if slots is None or slots.count != count or slots.directory != settings.HASH_SLOTS_DIR:
+        slots = _machine_slots = MachineSlots(settings.HASH_SLOTS_DIR, count)
+    return slots
+
+
+@contextmanager
+def machine_slot(admission: Admission, timeout: float) -> Iterator[None]:
+    """Hold one of the machine's hashing slots for the block; shed
+    (QUEUE_TIMEOUT) when none frees up within `timeout` seconds."""
+    slots = machine_slots()
+    if slots is None:
+        yield
+        return
+    fd = slots.acquire(timeout)
+    if fd is None:
+        raise admission.shed(QUEUE_TIMEOUT)
+    try:
+        yield
+    finally:
+        slots.release(fd)
 
 
 # --- the request: is its client still there, and how long has it waited? ----------------
@@ -378,7 +499,11 @@ def password_hashing(request: Any = None) -> Iterator[None]:
     meta = getattr(request, "META", None)
     if meta is not None:
         request_check(admission, meta, max_age=settings.HASH_MAX_REQUEST_AGE_MS / 1000)
+    started = time.monotonic()
     with admission.slot():
-        if meta is not None and client_gone(meta):
-            raise admission.shed(CLIENT_GONE)
-        yield
+        # The machine's bound, within what is left of the same wait budget.
+        left = max(0.0, admission.timeout - (time.monotonic() - started))
+        with machine_slot(admission, left):
+            if meta is not None and client_gone(meta):
+                raise admission.shed(CLIENT_GONE)
+            yield

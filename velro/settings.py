@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -409,8 +410,7 @@ RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
 # Admission control of password hashing (velro/admission.py). argon2id is
 # CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.
 # Per process: HASH_CONCURRENCY hashes at once (default: the cores this
-# process may run on shared among gunicorn's WEB_CONCURRENCY workers, at least
-# 1; set it under a CPU quota, which the default cannot see); at most
+# process may run on; set it under a CPU quota, which the default cannot see); at most
 # HASH_QUEUE_MAX requests wait for a slot, each at most HASH_QUEUE_TIMEOUT_MS
 # (a full queue drains within it: 4 hashes of ~100 ms when 5 workers share 2
 # cores); a login whose client has gone, or that has waited more than
@@ -418,9 +418,17 @@ RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
 # included; 0 = no limit), is not hashed. Everything shed answers 503
 # `overloaded` + Retry-After at once.
 _CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-# gunicorn.conf.py's default worker count (it counts every core of the host).
-_WEB_WORKERS = _int("WEB_CONCURRENCY", min((os.cpu_count() or 1) * 2 + 1, 9), minimum=1)
-HASH_CONCURRENCY = _int("HASH_CONCURRENCY", max(1, _CPUS // _WEB_WORKERS), minimum=1)
+HASH_CONCURRENCY = _int("HASH_CONCURRENCY", _CPUS, minimum=1)
+# And across every process of the machine (container): HASH_MACHINE_SLOTS
+# hashes at once (default: its cores; 0 = no machine-wide bound), one lock
+# file per slot in HASH_SLOTS_DIR (tmpfs; per user). A process may hash on
+# every core while the others are idle, and 5 workers never run 5 memory-hard
+# hashes on 2 cores. The wait for a machine slot counts in HASH_QUEUE_TIMEOUT_MS.
+HASH_MACHINE_SLOTS = _int("HASH_MACHINE_SLOTS", _CPUS, minimum=0)
+HASH_SLOTS_DIR = _str("HASH_SLOTS_DIR", "") or os.path.join(
+    "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),  # noqa: S108 - tmpfs, a directory per user
+    f"velro-hash-{os.getuid()}",
+)
 HASH_QUEUE_MAX = _int("HASH_QUEUE_MAX", 4)
 HASH_QUEUE_TIMEOUT_MS = _int("HASH_QUEUE_TIMEOUT_MS", 500)
 HASH_MAX_REQUEST_AGE_MS = _int("HASH_MAX_REQUEST_AGE_MS", 2000)

@@ -28,7 +28,15 @@ from loadtest.supervisor import HOST
 from monitoring import audit
 from monitoring.models import AuditEvent
 from velro import admission
-from velro.admission import CLIENT_GONE, QUEUE_FULL, QUEUE_TIMEOUT, TOO_OLD, Admission, password_admission
+from velro.admission import (
+    CLIENT_GONE,
+    QUEUE_FULL,
+    QUEUE_TIMEOUT,
+    TOO_OLD,
+    Admission,
+    MachineSlots,
+    password_admission,
+)
 from velro.signals import admission_shed
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -128,6 +136,27 @@ def test_a_login_with_every_slot_held_is_shed_without_a_verify_or_a_session(
     assert login(api, user.email).status_code == 200
     assert hashes == ["verify"]
     assert Session.objects.filter(user=user).count() == 1
+
+
+def test_a_login_waits_for_a_machine_slot_at_most_the_queue_timeout_then_is_shed_unhashed(
+    api, user, settings, hashes, shed_events, tmp_path
+):
+    """Every machine-wide slot held by another process (a separate open file
+    here: flock does not tell them apart)."""
+    settings.HASH_SLOTS_DIR = str(tmp_path)
+    settings.HASH_MACHINE_SLOTS = 1
+    settings.HASH_QUEUE_TIMEOUT_MS = 50
+    elsewhere = MachineSlots(str(tmp_path), 1).try_acquire()
+    try:
+        assert_overloaded(login(api, user.email))
+    finally:
+        MachineSlots.release(elsewhere)
+    assert hashes == []
+    assert not Session.objects.filter(user=user).exists()
+    assert shed_events == [{"name": "password_hash", "reason": QUEUE_TIMEOUT}]
+    assert password_admission().in_flight == 0  # the process slot was given back
+    assert login(api, user.email).status_code == 200  # the slot is free again
+    assert hashes == ["verify"]
 
 
 def test_an_unknown_user_is_shed_exactly_like_a_known_one(api, user, hold_all_slots, hashes, shed_events):

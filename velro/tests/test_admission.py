@@ -23,6 +23,7 @@ from velro.admission import (
     QUEUE_TIMEOUT,
     TOO_OLD,
     Admission,
+    MachineSlots,
     client_gone,
     password_admission,
     request_age,
@@ -47,6 +48,10 @@ class FakeClock:
 
     def wait(self, condition: threading.Condition, seconds: float) -> None:
         self.waits.append(seconds)
+        self.now += seconds
+
+    def advance(self, seconds: float) -> None:
+        """A `sleep` that only moves this clock."""
         self.now += seconds
 
 
@@ -248,13 +253,13 @@ def test_password_admission_is_built_from_the_settings_and_rebuilt_when_they_cha
     assert password_admission().limit == 1
 
 
-def test_the_default_concurrency_shares_the_cores_among_the_workers():
+def test_by_default_a_process_may_hash_on_every_core_and_the_machine_on_no_more():
     from velro import settings as velro_settings
 
-    if os.environ.get("HASH_CONCURRENCY", "").strip():
-        pytest.skip("HASH_CONCURRENCY is set in this environment")
-    cores, workers = velro_settings._CPUS, velro_settings._WEB_WORKERS
-    assert max(1, cores // workers) == velro_settings.HASH_CONCURRENCY
+    if os.environ.get("HASH_CONCURRENCY", "").strip() or os.environ.get("HASH_MACHINE_SLOTS", "").strip():
+        pytest.skip("HASH_CONCURRENCY or HASH_MACHINE_SLOTS is set in this environment")
+    assert velro_settings.HASH_CONCURRENCY == velro_settings._CPUS
+    assert velro_settings.HASH_MACHINE_SLOTS == velro_settings._CPUS
 
 
 # --- is the client still there? ----------------------------------------------------------------
@@ -391,3 +396,80 @@ def test_request_check_sheds_a_gone_client_and_an_old_request(settings, tcp_pair
     assert gone.value.reason == CLIENT_GONE
     assert [event["reason"] for event in shed_events] == [TOO_OLD, CLIENT_GONE]
     assert pool.in_flight == 0  # checks take no slot
+
+
+# --- machine-wide slots (one lock file per slot) ----------------------------------------------------
+
+
+def test_machine_slots_are_shared_by_every_holder_and_freed_on_release(tmp_path):
+    # Three holders, as three processes (or threads: each opens its own files) would be.
+    one, other, third = (MachineSlots(str(tmp_path), 2) for _ in range(3))
+    first, second = one.try_acquire(), other.try_acquire()
+    assert first is not None and second is not None
+    assert third.try_acquire() is None  # both slots taken, whoever asks
+    one.release(first)
+    fd = third.try_acquire()
+    assert fd is not None
+    other.release(second)
+    third.release(fd)
+
+
+def test_threads_of_one_process_exclude_each_other_like_processes(tmp_path):
+    slots = MachineSlots(str(tmp_path), 1)
+    held = slots.try_acquire()
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(slots.try_acquire()))
+    thread.start()
+    thread.join(LONG)
+    assert seen == [None]
+    slots.release(held)
+
+
+def test_a_machine_slot_waiter_gives_up_at_its_deadline(tmp_path):
+    clock = FakeClock()
+    held = MachineSlots(str(tmp_path), 1).try_acquire()
+    waiter = MachineSlots(str(tmp_path), 1, poll=0.01, clock=clock, sleep=clock.advance)
+    assert waiter.acquire(0.5) is None
+    assert clock.now == pytest.approx(1000.5, abs=0.011)  # polled until the deadline, no longer
+    MachineSlots.release(held)
+    fd = waiter.acquire(0.5)
+    assert fd is not None and fd >= 0
+    MachineSlots.release(fd)
+
+
+def test_a_process_killed_while_holding_a_machine_slot_leaks_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_SLOT_FOREVER, str(tmp_path / "slot-0")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        slots = MachineSlots(str(tmp_path), 1)
+        assert slots.try_acquire() is None
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=LONG)
+    fd = slots.try_acquire()  # the kernel dropped the dead process's lock
+    assert fd is not None
+    MachineSlots.release(fd)
+
+
+def test_unusable_machine_slots_leave_the_per_process_bound_alone(tmp_path, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    slots = MachineSlots(str(blocker / "slots"), 2)  # a directory under a file: ENOTDIR
+    assert slots.acquire(0.1) == -1
+    assert slots.acquire(0.1) == -1  # warned once, then skipped
+    assert [r.levelname for r in caplog.records if r.name == "velro.admission"] == ["WARNING"]
+
+
+HOLD_SLOT_FOREVER = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(600)
+"""
