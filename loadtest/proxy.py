@@ -60,8 +60,34 @@ def site_config(listen_port: int, upstream_port: int, *, access_log_off: bool) -
     return text
 
 
+def main_config(directory: Path, *, main: str, events: str, error_log: str, http: str = "") -> str:
+    """A private master's nginx.conf around the site file `directory`/velro.conf:
+    no daemon, pid, temp files and error log (stderr, at `error_log`) of its own;
+    as root, workers stay root (the default `nobody` could not read a test's tmp)."""
+    d = directory
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    return (
+        f"daemon off;\nmaster_process on;\n{main}{user}"
+        f"pid {d}/nginx.pid;\nerror_log stderr {error_log};\n"
+        f"events {{ {events} }}\n"
+        "http {\n"
+        f"    client_body_temp_path {d}/client_body;\n    proxy_temp_path {d}/proxy;\n"
+        f"    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
+        f"{http}"
+        f"    include {d}/velro.conf;\n"
+        "}\n"
+    )
+
+
+def nginx_argv(binary: str, directory: Path, *extra: str) -> list[str]:
+    """nginx with `directory` as its prefix and its nginx.conf; errors to stderr."""
+    return [binary, "-p", f"{directory}/", "-c", str(directory / "nginx.conf"), "-e", "stderr", *extra]
+
+
 class NginxProxy:
     """The repository's nginx config under a private master on a free port; a context manager."""
+
+    fresh_log = True  # the log file is emptied at start
 
     def __init__(self, directory: Path, upstream_port: int, *, access_log_off: bool = True) -> None:
         self.binary = nginx_binary()
@@ -88,34 +114,19 @@ class NginxProxy:
         d = self.directory
         d.mkdir(parents=True, exist_ok=True)
         (d / "velro.conf").write_text(site_config(self.port, self.upstream_port, access_log_off=self.access_log_off))
-        user = "user root;\n" if os.geteuid() == 0 else ""
         s = self.settings
-        main = (
-            f"daemon off;\nmaster_process on;\nworker_processes {s['worker_processes']};\n{user}"
-            f"worker_rlimit_nofile {s['worker_rlimit_nofile']};\n"
-            f"pid {d}/nginx.pid;\nerror_log stderr warn;\n"
-            f"events {{ worker_connections {s['worker_connections']}; multi_accept {s['multi_accept']}; }}\n"
-            "http {\n"
-            f"    client_body_temp_path {d}/client_body;\n    proxy_temp_path {d}/proxy;\n"
-            f"    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
-            "    tcp_nodelay on;\n"
-            f"    include {d}/velro.conf;\n"
-            "}\n"
+        main = main_config(
+            d,
+            main=f"worker_processes {s['worker_processes']};\nworker_rlimit_nofile {s['worker_rlimit_nofile']};\n",
+            events=f"worker_connections {s['worker_connections']}; multi_accept {s['multi_accept']};",
+            error_log="warn",
+            http="    tcp_nodelay on;\n",
         )
         (d / "nginx.conf").write_text(main)
         return d / "nginx.conf"
 
     def argv(self, *extra: str) -> list[str]:
-        return [
-            self.binary,
-            "-p",
-            f"{self.directory}/",
-            "-c",
-            str(self.directory / "nginx.conf"),
-            "-e",
-            "stderr",
-            *extra,
-        ]
+        return nginx_argv(self.binary, self.directory, *extra)
 
     def start(self) -> NginxProxy:
         self.pids.reap_stale()
@@ -124,7 +135,13 @@ class NginxProxy:
         if check.returncode != 0:
             raise ProxyError(f"nginx -t refused the config:\n{check.stderr}")
         self.process = Process(
-            "nginx", self.argv(), env=dict(os.environ), log_path=self.log_path, banner=False, registry=self.pids
+            "nginx",
+            self.argv(),
+            env=dict(os.environ),
+            log_path=self.log_path,
+            banner=False,
+            fresh_log=self.fresh_log,
+            registry=self.pids,
         )
         self.process.start()
         try:

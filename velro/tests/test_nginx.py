@@ -15,10 +15,8 @@ Without nginx installed the tests skip, and fail under CI=true
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +25,7 @@ import pytest
 import yaml
 from django.conf import settings
 
-from loadtest.supervisor import Process
+from loadtest.proxy import NginxProxy, main_config, site_config
 from monitoring.models import AuditEvent
 from velro.errors import DEFAULT_BODY_LIMIT, RETRY_AFTER_SECONDS, Unavailable, unavailable_response
 from velro.tests.support import BASE_DIR, HOST, GunicornServer, KeepAliveClient, free_port, http_get, required_binary
@@ -37,9 +35,6 @@ pytestmark = pytest.mark.integration
 SITE = BASE_DIR / "deploy" / "nginx" / "velro.conf"
 COMPOSE = BASE_DIR / "docker-compose.yml"
 GUNICORN_CONF = BASE_DIR / "gunicorn.conf.py"
-# What the file says, and what the test replaces it with (each exactly once).
-LISTEN = "listen 8000;"
-UPSTREAM = "server web:8000;"
 
 LOGIN = "/api/v1/auth/login"
 LIMIT = DEFAULT_BODY_LIMIT  # REQUEST_BODY_MAX_BYTES' default, 2621440
@@ -51,90 +46,26 @@ def nginx_binary() -> str:
     return required_binary("nginx", "the reverse proxy tests")
 
 
-def site_config(listen_port: int, upstream_port: int) -> str:
-    """deploy/nginx/velro.conf listening on 127.0.0.1:<listen_port>, proxying to 127.0.0.1:<upstream_port>."""
-    text = SITE.read_text()
-    for old, new in ((LISTEN, f"listen {HOST}:{listen_port};"), (UPSTREAM, f"server {HOST}:{upstream_port};")):
-        text, count = re.subn(rf"^(\s*){re.escape(old)}", rf"\g<1>{new}", text, flags=re.MULTILINE)
-        assert count == 1, f"{SITE} should have the directive {old!r} exactly once (the test replaces it)"
-    return text
+class Nginx(NginxProxy):
+    """loadtest.proxy's private nginx master, as small as a test needs: one worker,
+    the access log on (the tests read it), errors at notice."""
 
-
-class Nginx:
-    """The repository's config under a private nginx master on a free port; a context manager."""
+    # Appended to (O_APPEND): the workers' access log (/dev/stdout, reopened) and the
+    # master's stderr write into the same file without overwriting each other.
+    fresh_log = False
 
     def __init__(self, directory: Path, upstream_port: int) -> None:
-        self.binary = nginx_binary()
-        self.directory = Path(directory)
-        self.port = free_port()
-        self.upstream_port = upstream_port
-        self.log_path = self.directory / "nginx.log"  # error log and access log (/dev/stdout)
-        self.process: Process | None = None
+        nginx_binary()  # skip (or fail under CI) without nginx
+        super().__init__(directory, upstream_port, access_log_off=False)
 
     def write_config(self) -> Path:
         d = self.directory
         d.mkdir(parents=True, exist_ok=True)
-        (d / "velro.conf").write_text(site_config(self.port, self.upstream_port))
-        # As root, the workers would run as `nobody`, who cannot reach pytest's tmp.
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        main = (
-            f"daemon off;\nmaster_process on;\nworker_processes 1;\n{user}"
-            f"pid {d}/nginx.pid;\nerror_log stderr notice;\n"
-            "events { worker_connections 256; }\n"
-            "http {\n"
-            f"    client_body_temp_path {d}/client_body;\n    proxy_temp_path {d}/proxy;\n"
-            f"    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;\n"
-            f"    include {d}/velro.conf;\n"
-            "}\n"
-        )
+        # deploy/nginx/velro.conf with only `listen` and the upstream `server` replaced.
+        (d / "velro.conf").write_text(site_config(self.port, self.upstream_port, access_log_off=False))
+        main = main_config(d, main="worker_processes 1;\n", events="worker_connections 256;", error_log="notice")
         (d / "nginx.conf").write_text(main)
         return d / "nginx.conf"
-
-    def argv(self, *extra: str) -> list[str]:
-        return [
-            self.binary,
-            "-p",
-            f"{self.directory}/",
-            "-c",
-            str(self.directory / "nginx.conf"),
-            "-e",
-            "stderr",
-            *extra,
-        ]
-
-    def start(self) -> Nginx:
-        self.write_config()
-        check = subprocess.run(self.argv("-t"), capture_output=True, text=True, timeout=30)
-        assert check.returncode == 0, f"nginx -t refused the config:\n{check.stderr}"
-        # Appended to (O_APPEND): the workers' access log (/dev/stdout, reopened) and the
-        # master's stderr write into the same file without overwriting each other.
-        self.process = Process(
-            "nginx", self.argv(), env=dict(os.environ), log_path=self.log_path, banner=False, fresh_log=False
-        )
-        self.process.start()
-        try:
-            self.process.wait_until(self._answers, timeout=20, what="nginx to accept connections")
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection((HOST, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.stop(timeout=10)
-
-    def __enter__(self) -> Nginx:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
