@@ -350,8 +350,11 @@ def user_for_login(*, email: str | None = None, username: str | None = None) -> 
     (the password hash is needed and is never cached)."""
     users = User.objects.select_related(*user_related())
     if email is not None:
-        return users.filter(email__lower=email.strip().lower()).first()
-    return users.filter(username__lower=(username or "").strip().lower()).first()
+        users = users.filter(email__lower=email.strip().lower())
+    else:
+        users = users.filter(username__lower=(username or "").strip().lower())
+    # Unique (case-insensitively): LIMIT 1, without .first()'s ORDER BY to compile.
+    return next(iter(users[:1]), None)
 
 
 def user_signed_in_from(*, user_id: uuid.UUID, ip: str | None) -> bool:
