@@ -22,6 +22,12 @@ def _count_enqueue_failure(sender: Any, **kwargs: Any) -> None:
     ENQUEUE_FAILURES.inc()
 
 
+def _count_shed(sender: Any, *, name: str, reason: str, **kwargs: Any) -> None:
+    from monitoring.metrics import SHED
+
+    SHED.labels(name, reason).inc()
+
+
 class MonitoringConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "monitoring"
@@ -33,3 +39,4 @@ class MonitoringConfig(AppConfig):
         signals.cache_lookup.connect(_count_cache_lookup, dispatch_uid="monitoring.cache_lookup")
         signals.cache_error.connect(_count_cache_error, dispatch_uid="monitoring.cache_error")
         signals.enqueue_failed.connect(_count_enqueue_failure, dispatch_uid="monitoring.enqueue_failed")
+        signals.admission_shed.connect(_count_shed, dispatch_uid="monitoring.admission_shed")

@@ -31,6 +31,7 @@ LATENCY = Histogram(
 LOGINS = Counter("velro_login_outcomes_total", "Login outcomes", ["outcome"])
 CACHE = Counter("velro_cache_operations_total", "Cache lookups by result", ["result"])
 ENQUEUE_FAILURES = Counter("velro_celery_enqueue_failures_total", "Celery publishes that failed or were skipped")
+SHED = Counter("velro_admission_shed_total", "Requests shed by admission control (503 overloaded)", ["pool", "reason"])
 POOL = Gauge("velro_db_connections", "Database connections of this process", ["state"], multiprocess_mode="livesum")
 
 

@@ -22,6 +22,7 @@ from accounts.tests.factories import DEFAULT_PASSWORD
 from monitoring import pool
 from referrals.tasks import sweep
 from velro import tasks as velro_tasks
+from velro.admission import password_admission
 from velro.celery import app as celery_app
 from velro.tests.support import http_get
 
@@ -161,6 +162,23 @@ def test_rate_limited_logins_are_counted(api, client, user, settings):
     assert 'velro_login_outcomes_total{outcome="rate_limited"}' in after
     assert delta(before, after, "velro_login_outcomes_total", outcome="rate_limited") == 1
     assert delta(before, after, "velro_login_outcomes_total", outcome="success") == 1
+
+
+@pytest.mark.django_db
+def test_logins_shed_by_admission_control_are_counted_by_reason(api, client, user, settings):
+    settings.HASH_QUEUE_TIMEOUT_MS = 0
+    pool = password_admission()
+    before = scrape(client)
+    for _ in range(pool.limit):
+        pool.acquire(0)
+    try:
+        assert login(api, user.email).status_code == 503
+    finally:
+        for _ in range(pool.limit):
+            pool.release()
+    after = scrape(client)
+    assert delta(before, after, "velro_admission_shed_total", pool="password_hash", reason="queue_full") == 1
+    assert delta(before, after, "velro_login_outcomes_total", outcome="unavailable") == 1
 
 
 @pytest.mark.django_db
