@@ -204,7 +204,7 @@ class MachineSlots:
     caches) or, set to one per worker, sheds in a busy worker while another
     sits idle. The machine's cores are the real bound. The kernel drops a
     process's locks when it dies, so a worker killed mid-hash leaks no slot.
-    A waiter polls every `poll` seconds until its deadline (no order among
+    A waiter polls, every `poll` seconds at first and backing off, until its deadline (no order among
     waiters of different processes: the wait itself is bounded). If the slot
     files cannot be used (permissions, no such file system), the bound is
     skipped with one warning: hashing never fails because of it.
@@ -261,12 +261,18 @@ class MachineSlots:
         if self._broken:
             return -1
         deadline = self._clock() + timeout
+        pause = self.poll
         try:
             while True:
                 fd = self.try_acquire()
-                if fd is not None or self._clock() >= deadline:
+                now = self._clock()
+                if fd is not None or now >= deadline:
                     return fd
-                self._sleep(self.poll)
+                # Back off (to 4 polls' worth): a long wait costs fewer wake-ups,
+                # and a freed slot is mostly taken at once by a waiter of the
+                # process that freed it (its own queue wakes it, no poll).
+                self._sleep(min(pause, deadline - now))
+                pause = min(pause * 2, self.poll * 4)
         except OSError as exc:
             self._broken = True
             logger.warning("hashing slots in %s unusable (%s): per-process bound only", self.directory, exc)
