@@ -65,6 +65,7 @@ def _isolation(settings):
     # The machine-wide hashing slots of this test run only: a Velro running on
     # the same box (a benchmark, run.sh) must not make a test's login wait.
     settings.HASH_SLOTS_DIR = _TEST_SLOTS_DIR
+    settings.AUTH_L1_EPOCH_PATH = f"{_TEST_SLOTS_DIR}/l1-epoch"
     _reset_shared_state()
     yield
     _reset_shared_state()

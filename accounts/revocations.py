@@ -40,6 +40,7 @@ from django.utils import timezone
 
 from accounts.models import Revocation, RevocationKind
 from velro.cache import safe_cache
+from velro.localcache import SharedEpoch
 
 logger = logging.getLogger("velro.revocations")
 
@@ -61,6 +62,26 @@ def tombstones_write(kind: str, subjects: Iterable[str]) -> None:
         safe_cache.set_many(keys, timeout=settings.CACHE_TTL + 60)
 
 
+_epoch: SharedEpoch | None = None
+
+
+def l1_epoch() -> SharedEpoch:
+    """The machine's L1 epoch (AUTH_L1_EPOCH_PATH): bumped by any process that
+    revokes or changes a user, so every process's L1 drops at once."""
+    global _epoch
+    if _epoch is None or _epoch.path != settings.AUTH_L1_EPOCH_PATH:
+        _epoch = SharedEpoch(settings.AUTH_L1_EPOCH_PATH)
+    return _epoch
+
+
+def l1_epoch_bump() -> None:
+    """Now, and again after the caller's transaction commits (a process that
+    refilled its L1 from the uncommitted past in between drops it again)."""
+    l1_epoch().bump()
+    if connection.in_atomic_block:
+        transaction.on_commit(lambda: l1_epoch().bump())
+
+
 def revocation_record(*, kind: RevocationKind, subjects: Iterable[str]) -> None:
     """Record a revocation in the caller's transaction; tombstone it now and after commit."""
     subjects = [str(subject) for subject in subjects]
@@ -71,6 +92,7 @@ def revocation_record(*, kind: RevocationKind, subjects: Iterable[str]) -> None:
     # This process stops trusting its cached copies (its L1 included) at once;
     # a rollback only costs it cache hits on these subjects for a while.
     feed.note(kind, subjects)
+    l1_epoch_bump()
     tombstones_write(kind, subjects)
     if connection.in_atomic_block:
         transaction.on_commit(lambda: tombstones_write(kind, subjects))

@@ -28,7 +28,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from accounts.models import ApiKey, PublicUser, RevocationKind, Role, Session, User
-from accounts.revocations import feed, tombstone_key
+from accounts.revocations import feed, l1_epoch, l1_epoch_bump, tombstone_key
 from velro.cache import GENERATION_KEY, safe_cache
 from velro.localcache import LocalCache
 
@@ -82,6 +82,7 @@ def session_cache_invalidate(*, session_ids: Iterable[uuid.UUID]) -> None:
     cache_invalidate([session_key(sid) for sid in session_ids])
     for sid in session_ids:
         session_l1.pop(str(sid))
+    l1_epoch_bump()  # and in every other process of this machine
 
 
 # --- the L1: this process's verified sessions ---------------------------------------
@@ -104,6 +105,7 @@ def _l1_enabled() -> bool:
 
 def _l1_drop_all() -> None:
     session_l1.clear()
+    l1_epoch_bump()  # every process of this machine drops its L1 too
     if connection.in_atomic_block:
         transaction.on_commit(session_l1.clear)
 
@@ -257,6 +259,8 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
     subjects = ((RevocationKind.SESSION, str(session_id)), (RevocationKind.USER, str(user_id)))
     l1 = _l1_enabled()
     if l1:
+        if l1_epoch().changed():  # some process of this machine revoked or changed a user
+            session_l1.clear()
         hit = session_l1.get(str(session_id), settings.AUTH_L1_TTL_SECONDS)
         if hit is not None and _usable(hit[0], user_id, now) and feed.trusts_cached(*subjects):
             return _user_from_entry(hit[1])

@@ -12,6 +12,9 @@ instance without a lock; a racing `clear` at worst costs a refill.
 
 from __future__ import annotations
 
+import mmap
+import os
+import threading
 import time
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -46,3 +49,55 @@ class LocalCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class SharedEpoch:
+    """A value every process of this machine sees change when any of them says so.
+
+    One 8-byte file in shared memory (tmpfs), mapped by each process. `bump()`
+    writes a fresh random value; `changed()` tells a reader whether the value
+    differs from the one it saw last (and remembers the new one). Random rather
+    than a counter, so two processes bumping at once cannot write the same
+    value a reader already saw. When the file cannot be used, `changed()` is
+    always True: callers then trust nothing they cached locally.
+    """
+
+    SIZE = 8
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._map: mmap.mmap | None = None
+        self._pid = 0
+        self._seen = threading.local()
+
+    def _mapped(self) -> mmap.mmap | None:
+        if self._map is not None and self._pid == os.getpid():
+            return self._map
+        try:
+            os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                if os.fstat(fd).st_size < self.SIZE:
+                    os.ftruncate(fd, self.SIZE)
+                self._map = mmap.mmap(fd, self.SIZE)
+            finally:
+                os.close(fd)
+        except OSError:
+            self._map = None
+        self._pid = os.getpid()
+        return self._map
+
+    def bump(self) -> None:
+        mapped = self._mapped()
+        if mapped is not None:
+            mapped[: self.SIZE] = os.urandom(self.SIZE)
+
+    def changed(self) -> bool:
+        mapped = self._mapped()
+        if mapped is None:
+            return True
+        value = mapped[: self.SIZE]
+        if getattr(self._seen, "value", None) == value:
+            return False
+        self._seen.value = value
+        return True

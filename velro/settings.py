@@ -332,6 +332,13 @@ if REVOCATION_FEED_INTERVAL_SECONDS and REVOCATION_FEED_MAX_LAG_SECONDS <= REVOC
 # other changes to a user (display name, role) reach other processes within
 # this many seconds. Off (0) when the feed is off.
 AUTH_L1_TTL_SECONDS = _float("AUTH_L1_TTL_SECONDS", 2.0)
+# Every process of the machine drops its L1 at once when any of them revokes
+# or changes a user: an 8-byte epoch in shared memory (tmpfs, per user). Other
+# machines learn it from the feed.
+AUTH_L1_EPOCH_PATH = _str("AUTH_L1_EPOCH_PATH", "") or os.path.join(
+    "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir(),  # noqa: S108 - tmpfs, a file per user
+    f"velro-l1-epoch-{os.getuid()}",
+)
 
 # Supabase Auth (GoTrue) compatibility surface under /auth/v1/ (accounts/gotrue/).
 # Its access tokens are signed HS256 with SUPABASE_JWT_SECRET, the project's

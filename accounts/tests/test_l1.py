@@ -4,9 +4,11 @@ and neither weakens revocation or expiry.
 
 The L1 answers only while the revocation feed is fresh and knows nothing
 against the session or its user: a revocation made in this process ends an L1
-session at once; one made elsewhere, at this process's next poll (the feed's
-bound, proven across real processes by test_revocation_two_nodes.py). Anything
-else about a user is at most AUTH_L1_TTL_SECONDS old.
+session at once, and so does one made by another process of this machine (a
+shared-memory epoch every process checks); one made on another machine, at
+this process's next poll (the feed's bound, proven across real processes by
+test_revocation_two_nodes.py). A change to a user made on another machine is
+at most AUTH_L1_TTL_SECONDS old.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from accounts.revocations import feed
 from accounts.tests.factories import UserFactory
 from accounts.tests.support import Clock, api_login, bearer
 from velro.cache import safe_cache
+from velro.localcache import SharedEpoch
 
 ME = "/api/v1/auth/me"
 
@@ -87,14 +90,18 @@ def test_a_deactivation_in_this_process_ends_every_l1_session_of_the_user_at_onc
 
 
 @pytest.mark.django_db
-def test_a_logout_made_by_another_process_ends_an_l1_session_at_the_next_poll(feed_on, monkeypatch, redis_reads):
+def test_a_logout_made_on_another_machine_that_lost_redis_ends_an_l1_session_at_the_next_poll(
+    feed_on, monkeypatch, redis_reads
+):
     user = UserFactory()
     client, session_id = _warm(user)
-    # Another process: it writes the row and the feed entry; this process's
-    # L1, cache entries and feed view are untouched until it polls.
+    # Another machine without Redis: it writes the row and the feed entry;
+    # this process's L1, cache entries, epoch and feed view are untouched
+    # until it polls.
     with monkeypatch.context() as elsewhere:
         elsewhere.setattr("accounts.revocations.tombstones_write", lambda kind, subjects: None)
         elsewhere.setattr("accounts.services.session_cache_invalidate", lambda session_ids: None)
+        elsewhere.setattr("accounts.revocations.l1_epoch_bump", lambda: None)
         elsewhere.setattr(feed, "note", lambda kind, subjects: None)
         services.session_logout(user_id=user.pk, session_id=session_id, scope="local")
     redis_reads.clear()
@@ -102,6 +109,22 @@ def test_a_logout_made_by_another_process_ends_an_l1_session_at_the_next_poll(fe
     assert redis_reads == []
     feed_on.now += 0.5
     assert feed.poll() == 1
+    assert client.get(ME).status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_logout_made_by_another_process_of_this_machine_ends_an_l1_session_at_once(feed_on, monkeypatch, settings):
+    """The other process writes the row, the tombstone and the feed entry, and
+    bumps the machine's epoch through its own mapping: no poll is needed."""
+    user = UserFactory()
+    client, session_id = _warm(user)
+    other_process = SharedEpoch(settings.AUTH_L1_EPOCH_PATH)
+    with monkeypatch.context() as elsewhere:
+        elsewhere.setattr("accounts.revocations.l1_epoch_bump", other_process.bump)
+        elsewhere.setattr("accounts.selectors.l1_epoch_bump", other_process.bump)
+        elsewhere.setattr(feed, "note", lambda kind, subjects: None)
+        elsewhere.setattr(selectors.session_l1, "pop", lambda key: None)
+        services.session_logout(user_id=user.pk, session_id=session_id, scope="local")
     assert client.get(ME).status_code == 401
 
 
@@ -114,13 +137,13 @@ def test_an_l1_session_is_not_trusted_once_the_feed_lags(feed_on, django_assert_
 
 
 @pytest.mark.django_db
-def test_a_profile_change_made_by_another_process_reaches_the_l1_within_its_ttl(feed_on, settings, monkeypatch):
+def test_a_profile_change_made_on_another_machine_reaches_the_l1_within_its_ttl(feed_on, settings, monkeypatch):
     settings.AUTH_L1_TTL_SECONDS = 2.0
     clock = Clock()
     monkeypatch.setattr(selectors.session_l1, "clock", clock)
     user = UserFactory(display_name="Before")
     client, _ = _warm(user)
-    with monkeypatch.context() as elsewhere:  # the write happens in another process
+    with monkeypatch.context() as elsewhere:  # the write happens on another machine (no shared epoch)
         elsewhere.setattr(selectors, "_l1_drop_all", lambda: None)
         services.user_update_profile(user_id=user.pk, display_name="After")
     assert client.get(ME).json()["display_name"] == "Before"
