@@ -56,6 +56,7 @@ def _isolation(settings):
     settings.TOUCH_FLUSH_INTERVAL_SECONDS = 0
     settings.POOL_REPORT_SECONDS = 0
     settings.AUDIT_FLUSH_SECONDS = -1
+    settings.ACCESS_LOG_FLUSH_SECONDS = 0  # each access line at once
     # The database breaker stays closed unless a test is about it
     # (velro/tests/test_db_breaker.py): timeout tests retry right away.
     settings.DB_BREAKER_COOLDOWN_SECONDS = 0

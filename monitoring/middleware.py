@@ -37,12 +37,12 @@ from django.http import HttpRequest, HttpResponse
 from django.middleware.csrf import CsrfViewMiddleware
 
 from monitoring import metrics
+from monitoring.accesslog import access_log
 from velro import context, errors
 from velro.db import guard as db_guard
 from velro.net import client_ip, is_trusted_caller
 
 logger = logging.getLogger("velro.request")
-access_logger = logging.getLogger("velro.access")
 
 FAST_LANE_PREFIXES = ("/api/", "/auth/v1/", "/health", "/metrics", "/__version")
 
@@ -118,7 +118,7 @@ class RequestContextMiddleware:
         status = response.status_code
         metrics.observe_request(route=route, method=request.method or "", status=status, ms=total)
         if settings.ACCESS_LOG:
-            access_logger.info(access_line(request, response, route=route, request_id=record.request_id, ms=total))
+            access_log.write(access_line(request, response, route=route, request_id=record.request_id, ms=total))
         if request.method == "POST" and _is_login(route, request):
             metrics.login_outcome(_login_outcome(status))
         if settings.AUTH_TIMING_ENABLED and route.startswith("/api/v1/auth/"):

@@ -246,6 +246,7 @@ def database_down_results() -> dict:
             "REDIS_URL": "",  # in-process cache: this is about the database alone
             "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
             "PYTHONPATH": str(django_settings.BASE_DIR),
+            "ACCESS_LOG": "false",  # stdout carries the script's result alone
         }
     )
     proc = subprocess.run(
