@@ -322,6 +322,7 @@ def test_with_the_database_down_auth_endpoints_and_admin_answer_503_fast_and_hea
             "REDIS_URL": "",  # in-process cache: this test is about the database alone
             "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
             "PYTHONPATH": str(settings.BASE_DIR),
+            "ACCESS_LOG": "false",  # stdout carries the script's result alone
         }
     )
     proc = subprocess.run(
