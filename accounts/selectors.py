@@ -78,24 +78,23 @@ def user_cache_invalidate(*, user_id: uuid.UUID) -> None:
 
 
 def session_cache_invalidate(*, session_ids: Iterable[uuid.UUID]) -> None:
-    session_ids = list(session_ids)
     cache_invalidate([session_key(sid) for sid in session_ids])
-    for sid in session_ids:
-        session_l1.pop(str(sid))
-    l1_epoch_bump()  # and in every other process of this machine
+    _l1_drop_all()
 
 
 # --- the L1: this process's verified sessions ---------------------------------------
 #
 # session id -> (session state, user snapshot), as last verified against Redis
-# or PostgreSQL. A hit is used only while the revocation feed is fresh and
-# knows no revocation of the session or its user (the same rule as a Redis
-# entry), so a revocation ends it within the feed's bound, and at once in the
-# process that revoked. Anything else about the user is at most
-# AUTH_L1_TTL_SECONDS old. Off when the feed is off (nothing would bound it).
+# or PostgreSQL. A hit is used only while the machine's L1 epoch has not moved
+# (any process of this machine that revokes or changes a user bumps it, and
+# every process drops its L1 on seeing that), and while the revocation feed is
+# fresh and knows no revocation of the session or its user (the same rule as a
+# Redis entry): a revocation made on another machine ends it within the feed's
+# bound, anything else changed there is at most AUTH_L1_TTL_SECONDS old. Off
+# when the feed is off (nothing would bound it).
 
-# ~1.4 KB an entry (measured with tracemalloc): at most ~14 MB a process; 10,000 distinct sessions within the TTL
-# is 5,000 of them a second per process before a refill.
+# ~1.4 KB an entry (measured with tracemalloc): at most ~14 MB a process;
+# 10,000 distinct sessions within the TTL is 5,000 a second per process before a refill.
 session_l1 = LocalCache(max_entries=10_000)
 
 
@@ -104,10 +103,9 @@ def _l1_enabled() -> bool:
 
 
 def _l1_drop_all() -> None:
-    session_l1.clear()
-    l1_epoch_bump()  # every process of this machine drops its L1 too
-    if connection.in_atomic_block:
-        transaction.on_commit(session_l1.clear)
+    """Every process of this machine, this one included, drops its L1 before its
+    next use of it, and again after the caller's transaction commits."""
+    l1_epoch_bump()
 
 
 def api_key_cache_invalidate(*, key_hashes: Iterable[str]) -> None:

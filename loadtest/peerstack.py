@@ -149,8 +149,7 @@ class PeerStack:
         self.pids.reap_stale()
         bin_dir = ensure_venv(self.venv)
         self.env = self.environment()
-        if self.db.create_if_missing():
-            log(f"database {self.db.name} created")
+        self.db.create_if_missing()
         log(f"migrating {self.db.name}")
         self._run(bin_dir, "-m", "django", "migrate", "--noinput", what="migrate")
         by_password: dict[str, list[str]] = {}

@@ -1,4 +1,5 @@
-"""A small per-process cache with a time to live: the L1 in front of Redis.
+"""Per-process caching: a small cache with a time to live (the L1 in front of
+Redis), and a machine-wide epoch that tells every process when to drop it.
 
 Platform code with no policy of its own: the caller says how long an entry may
 be trusted (`ttl`, read at each `get`, so a settings change applies at once)
@@ -67,12 +68,12 @@ class SharedEpoch:
     def __init__(self, path: str) -> None:
         self.path = path
         self._map: mmap.mmap | None = None
-        self._pid = 0
+        self._pid = 0  # the process that mapped (or failed to map) the file
         self._seen = threading.local()
 
     def _mapped(self) -> mmap.mmap | None:
-        if self._map is not None and self._pid == os.getpid():
-            return self._map
+        if self._pid == os.getpid():
+            return self._map  # None: it failed in this process, not tried again on every read
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o700, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

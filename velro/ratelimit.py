@@ -80,16 +80,9 @@ class RateLimiter:
 
     def hit(self, bucket: str, ident: str, rate: Rate) -> None:
         """Count one request; raise RateLimited (429) once over the limit."""
-        self.hit_many([(bucket, ident, rate)])
-
-    def hit_many(self, limits: Sequence[Limit]) -> None:
-        """Count one request against each limit, all in one round trip; raise
-        RateLimited (429) if any is over (each was counted all the same)."""
-        if not settings.RATELIMIT_ENABLE:
-            return
-        over = [retry for retry in self.hit_each(limits) if retry is not None]
-        if over:
-            raise RateLimited(headers={"Retry-After": str(max(over))})
+        (retry_after,) = self.hit_each([(bucket, ident, rate)])
+        if retry_after is not None:
+            raise RateLimited(headers={"Retry-After": str(retry_after)})
 
     def hit_each(self, limits: Sequence[Limit]) -> list[int | None]:
         """Count one request against each limit (one round trip); for each, its

@@ -123,7 +123,6 @@ def test_a_logout_made_by_another_process_of_this_machine_ends_an_l1_session_at_
         elsewhere.setattr("accounts.revocations.l1_epoch_bump", other_process.bump)
         elsewhere.setattr("accounts.selectors.l1_epoch_bump", other_process.bump)
         elsewhere.setattr(feed, "note", lambda kind, subjects: None)
-        elsewhere.setattr(selectors.session_l1, "pop", lambda key: None)
         services.session_logout(user_id=user.pk, session_id=session_id, scope="local")
     assert client.get(ME).status_code == 401
 
