@@ -21,7 +21,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import flows, selectors, services, throttles
-from accounts.gotrue.authentication import GoTrueTokenAuthentication, apikey_check
+from accounts.gotrue.authentication import GoTrueTokenAuthentication, IsServiceRole, apikey_check
 from accounts.gotrue.errors import (
     API_VERSION_HEADER,
     GoTrueError,
@@ -91,6 +91,13 @@ class GoTrueView(APIView):
 class PublicGoTrueView(GoTrueView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+
+
+class AdminGoTrueView(GoTrueView):
+    """Base of the admin API (/auth/v1/admin/...): the service-role key only."""
+
+    authentication_classes: list = []
+    permission_classes = [IsServiceRole]
 
 
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
