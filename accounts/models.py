@@ -263,3 +263,56 @@ class Revocation(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.subject}"
+
+
+class OneTimeTokenPurpose(models.TextChoices):
+    RECOVERY = "recovery"
+    MAGICLINK = "magiclink"  # also the email code sign-in (POST /otp)
+    SIGNUP = "signup"  # confirmation of the address given at signup
+    INVITE = "invite"
+    EMAIL_CHANGE_NEW = "email_change_new"  # sent to the new address
+    EMAIL_CHANGE_CURRENT = "email_change_current"  # sent to the current one
+    REAUTHENTICATION = "reauthentication"
+
+
+class OneTimeToken(models.Model):
+    """A code and a link sent by email for one purpose, usable once (accounts.onetime).
+
+    Neither secret is stored: `code_hash` is an HMAC of the code under a key
+    derived from SECRET_KEY (a plain hash of 10^6 codes falls to an offline
+    search), `token_hash` the SHA-256 of the link token (256 bits: a plain
+    hash is enough, as for refresh tokens). `used_at` is set by a conditional
+    UPDATE: of two concurrent verifies exactly one wins.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="one_time_tokens")
+    purpose = models.CharField(max_length=24, choices=OneTimeTokenPurpose.choices)
+    sent_to = models.CharField(max_length=254)  # lowercased: the address the email went to
+    code_hash = models.CharField(max_length=64)
+    token_hash = models.CharField(max_length=64, unique=True)
+    redirect_to = models.CharField(max_length=2048, blank=True, default="")
+    # PKCE (GoTrue's flow state, kept on the token): the challenge given when
+    # the email was asked for, then the auth code GET /verify hands out.
+    code_challenge = models.CharField(max_length=128, blank=True, default="")
+    code_challenge_method = models.CharField(max_length=8, blank=True, default="")
+    auth_code_hash = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    auth_code_issued_at = models.DateTimeField(null=True, blank=True)
+    auth_code_used_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)  # wrong codes tried
+    # The session its verify started: a recovery or email-code session may set
+    # a new password without the current one (GoTrue's session.IsRecovery()).
+    session_id = models.UUIDField(null=True, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_one_time_tokens"
+        indexes = [
+            models.Index(fields=["sent_to", "purpose"], name="auth_ott_sent_to_purpose"),
+            models.Index(fields=["user", "purpose"], name="auth_ott_user_purpose"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.purpose} token for {self.sent_to}"

@@ -19,6 +19,14 @@ from django.utils import timezone
 class EmailKind(models.TextChoices):
     WELCOME = "welcome", "Welcome"
     REFERRAL_CREDITED = "referral_credited", "You referred someone"
+    # A code and a link (accounts.onetime): the secrets are not in the row's
+    # context, a context hook derives them at render time (services.context_hook_register).
+    RECOVERY = "recovery", "Password recovery"
+    MAGICLINK = "magiclink", "Sign-in code and link"
+    CONFIRMATION = "confirmation", "Confirm your address"
+    INVITE = "invite", "Invitation"
+    EMAIL_CHANGE = "email_change", "Confirm an email change"
+    REAUTHENTICATION = "reauthentication", "Reauthentication code"
 
 
 class EmailStatus(models.TextChoices):

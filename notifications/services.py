@@ -9,7 +9,11 @@
   marks failed what ran out of attempts or was cut mid-send.
 
 Callers name the email by kind; the template is
-notifications/email/<kind>.txt|.html and the subject is SUBJECTS[kind].
+notifications/email/<kind>.txt|.html and the subject is SUBJECTS[kind]. The
+context may name another address than the recipient's (`to`: an email change
+confirmed at the new address), and an app may register a hook that adds to a
+kind's context at render time (context_hook_register): what must not rest in
+the outbox row (a one-time code) is derived there, not stored.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -37,7 +42,22 @@ logger = logging.getLogger("velro.notifications")
 SUBJECTS = {
     EmailKind.WELCOME: "Welcome to Velro",
     EmailKind.REFERRAL_CREDITED: "You referred {referred_name} to Velro",
+    EmailKind.RECOVERY: "Reset your Velro password",
+    EmailKind.MAGICLINK: "Your Velro sign-in code",
+    EmailKind.CONFIRMATION: "Confirm your Velro email address",
+    EmailKind.INVITE: "You have been invited to Velro",
+    EmailKind.EMAIL_CHANGE: "Confirm your new Velro email address",
+    EmailKind.REAUTHENTICATION: "Your Velro confirmation code",
 }
+# kind -> a function of the stored context returning the context to render with.
+_CONTEXT_HOOKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+
+
+def context_hook_register(kind: str, hook: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Let the app that queues `kind` complete its context at render time (its AppConfig.ready)."""
+    _CONTEXT_HOOKS[kind] = hook
+
+
 # The send task (notifications/tasks.py), looked up by name: tasks call services, not the reverse.
 SEND_EMAIL_TASK = "notifications.send_email"
 
@@ -78,11 +98,15 @@ class EmailSendError(Exception):
 def _message(notification: EmailNotification) -> EmailMultiAlternatives:
     recipient = notification.recipient
     context = {**notification.context, "email": recipient.email}
+    hook = _CONTEXT_HOOKS.get(notification.kind)
+    if hook is not None:
+        context = hook(context)
+    to = context.get("to") or recipient.email
     # One line whatever a display name contains: a header cannot be split.
     subject = " ".join(SUBJECTS[notification.kind].format(**context).split())
     text = render_to_string(f"notifications/email/{notification.kind}.txt", context)
     html = render_to_string(f"notifications/email/{notification.kind}.html", context)
-    message = EmailMultiAlternatives(subject, text, settings.DEFAULT_FROM_EMAIL, [recipient.email])
+    message = EmailMultiAlternatives(subject, text, settings.DEFAULT_FROM_EMAIL, [to])
     message.attach_alternative(html, "text/html")
     message.extra_headers["X-Velro-Event"] = notification.event_key
     return message

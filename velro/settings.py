@@ -385,6 +385,24 @@ GOTRUE_ISSUER = _str("GOTRUE_ISSUER", "") or f"{GOTRUE_SITE_URL}/auth/v1"
 # token becomes a permanent takeover. false = the session alone is proof
 # (self-hosted GoTrue's default), for apps that cannot send it.
 GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = _bool("GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD", True)
+# One-time tokens (accounts.onetime): recovery, magic link / email code
+# sign-in, confirmation, invite, email change, reauthentication. GoTrue's
+# names and defaults: a 6-digit code valid for an hour; one email per address
+# and purpose every GOTRUE_SMTP_MAX_FREQUENCY seconds (0 = no interval).
+GOTRUE_MAILER_OTP_EXP = _int("GOTRUE_MAILER_OTP_EXP", 3600, minimum=60)
+GOTRUE_MAILER_OTP_LENGTH = _int("GOTRUE_MAILER_OTP_LENGTH", 6, minimum=6)
+if GOTRUE_MAILER_OTP_LENGTH > 10:
+    raise ImproperlyConfigured("GOTRUE_MAILER_OTP_LENGTH must be between 6 and 10")
+GOTRUE_SMTP_MAX_FREQUENCY = _int("GOTRUE_SMTP_MAX_FREQUENCY", 60)
+# Wrong codes a token tolerates before it is dead (GoTrue has no such bound:
+# its per-IP verify limit is the only one).
+OTT_MAX_ATTEMPTS = _int("OTT_MAX_ATTEMPTS", 5, minimum=1)
+# Redirect targets besides GOTRUE_SITE_URL, comma-separated globs as GoTrue's
+# (`*` stops at `.` and `/`, `**` does not): anything else falls back to the site URL.
+GOTRUE_URI_ALLOW_LIST = _list("GOTRUE_URI_ALLOW_LIST", "")
+# How long a PKCE auth code from GET /verify may wait for /token?grant_type=pkce
+# (GoTrue's GOTRUE_EXTERNAL_FLOW_STATE_EXPIRY_DURATION default: 300 s).
+GOTRUE_FLOW_STATE_EXPIRY = _int("GOTRUE_FLOW_STATE_EXPIRY", 300, minimum=10)
 # Browser origins allowed to call /auth/v1/ (CORS), "*" = any, as Supabase's
 # gateway answers. Bearer tokens only, no cookies: no ambient credentials to abuse.
 GOTRUE_CORS_ALLOWED_ORIGINS = _list("GOTRUE_CORS_ALLOWED_ORIGINS", "*")
@@ -422,6 +440,10 @@ RATELIMIT_SIGNUP_IP = _rate("RATELIMIT_SIGNUP_IP", "30/3600")
 RATELIMIT_REFRESH_IP = _rate("RATELIMIT_REFRESH_IP", "150/300")
 RATELIMIT_PASSWORD_USER = _rate("RATELIMIT_PASSWORD_USER", "10/900")
 RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
+# Emails with a code or link asked for from one address (recover, otp, magiclink, resend),
+# and code/link verifications from one address (GoTrue's 30 per 5 minutes for /verify).
+RATELIMIT_OTT_SEND_IP = _rate("RATELIMIT_OTT_SEND_IP", "30/3600")
+RATELIMIT_OTT_VERIFY_IP = _rate("RATELIMIT_OTT_VERIFY_IP", "30/300")
 
 # Admission control of password hashing (velro/admission.py). argon2id is
 # CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.
