@@ -15,10 +15,13 @@ a client that is not there to receive it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.http import HttpRequest
 
-from accounts import selectors, services, throttles
-from accounts.models import User
+from accounts import onetime, selectors, services, throttles
+from accounts.models import OneTimeToken, User
+from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.services import IssuedTokens
 from monitoring import audit
 from monitoring.models import AuditEvent
@@ -114,3 +117,149 @@ def token_refresh(*, request: HttpRequest, refresh_token: str, surface: str = "n
 def _surface(surface: str) -> dict[str, str]:
     # Native events carry no tag (as before the GoTrue surface existed).
     return {} if surface == "native" else {"surface": surface}
+
+
+# --- one-time codes and links (accounts.onetime) --------------------------------------------
+#
+# Asking: an answer that never tells whether the address has an account. The
+# per-IP limit and the per-address interval are counted for every address,
+# known or not; for an unknown one (or an inactive account) nothing is written
+# and no email goes out, and the answer is the same.
+
+
+@dataclass(frozen=True)
+class OneTimeRequest:
+    purpose: str
+    email: str
+    redirect_to: str = ""
+    code_challenge: str = ""
+    code_challenge_method: str = ""
+
+
+def _send_interval_group(purpose: str) -> str:
+    # GoTrue keeps one sent-at per slot: recovery and magic link share one.
+    return "recovery" if purpose in (Purpose.RECOVERY, Purpose.MAGICLINK) else str(purpose)
+
+
+def ott_request(
+    *, request: HttpRequest, ask: OneTimeRequest, create_user: bool = False, user_metadata: dict | None = None
+) -> None:
+    """Send a code and link for `ask.purpose` to `ask.email` if it has an active
+    account (or, create_user, make a passwordless unconfirmed one first)."""
+    throttles.ott_send_guard(ip=client_ip(request))
+    onetime.send_interval_check(address=ask.email, group=_send_interval_group(ask.purpose))
+    user = selectors.user_for_login(email=ask.email)
+    if user is None and create_user:
+        user = services.user_create_passwordless(email=ask.email, user_metadata=user_metadata or {})
+    if user is None or not user.is_active:
+        return
+    if ask.purpose == Purpose.SIGNUP and user.email_confirmed_at is not None:
+        return  # nothing to confirm (GoTrue's resend answers {} too)
+    onetime.ott_issue(
+        user=user,
+        purpose=ask.purpose,
+        sent_to=user.email,
+        redirect_to=ask.redirect_to,
+        code_challenge=ask.code_challenge,
+        code_challenge_method=ask.code_challenge_method,
+    )
+
+
+def ott_sign_in(
+    *,
+    request: HttpRequest,
+    purposes: list[str],
+    email: str | None = None,
+    code: str | None = None,
+    token_hash: str | None = None,
+    surface: str = "native",
+    session: bool = True,
+) -> tuple[OneTimeToken, IssuedTokens | None]:
+    """Verify a code (with its address) or a link token and, session=True,
+    start a session for its user. A verified address counts as confirmed (as
+    GoTrue: the email proved it). OneTimeTokenInvalid for anything wrong."""
+    throttles.ott_verify_guard(ip=client_ip(request))
+    token = onetime.ott_consume(purposes=purposes, email=email, code=code, token_hash=token_hash)
+    user = token.user
+    if not user.is_active:
+        raise onetime.OneTimeTokenInvalid()
+    if token.purpose in onetime.SIGN_IN_PURPOSES and user.email_confirmed_at is None:
+        services.user_confirm_email(user=user)
+    if not session:
+        return token, None
+    tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
+    onetime.ott_session_bind(token=token, session_id=tokens.session_id)
+    audit.record(
+        AuditEvent.Kind.LOGIN_SUCCESS,
+        request,
+        user_id=user.pk,
+        session=tokens.session_id,
+        method=str(token.purpose),
+        **_surface(surface),
+    )
+    return token, tokens
+
+
+def pkce_sign_in(*, request: HttpRequest, auth_code: str, code_verifier: str, surface: str = "gotrue") -> IssuedTokens:
+    """/token?grant_type=pkce: the auth code a redirecting verify handed out, with its verifier."""
+    throttles.ott_verify_guard(ip=client_ip(request))
+    token = onetime.pkce_exchange(auth_code=auth_code, code_verifier=code_verifier)
+    if not token.user.is_active:
+        raise onetime.FlowStateNotFound()
+    tokens = services.session_login(user=token.user, ip=client_ip(request), user_agent=user_agent(request))
+    onetime.ott_session_bind(token=token, session_id=tokens.session_id)
+    audit.record(
+        AuditEvent.Kind.LOGIN_SUCCESS,
+        request,
+        user_id=token.user.pk,
+        session=tokens.session_id,
+        method=f"pkce_{token.purpose}",
+        **_surface(surface),
+    )
+    return tokens
+
+
+def password_reset(
+    *,
+    request: HttpRequest,
+    new_password: str,
+    email: str | None = None,
+    code: str | None = None,
+    token_hash: str | None = None,
+) -> None:
+    """Forgotten password: a recovery code (with its address) or link token, then
+    the new password. Every session of the user ends (the password changed)."""
+    throttles.ott_verify_guard(ip=client_ip(request))
+    token = onetime.ott_find(purposes=[Purpose.RECOVERY], email=email, code=code, token_hash=token_hash)
+    user = token.user
+    # Validated before the token is spent: a weak password leaves it usable.
+    services.password_validate(password=new_password, user=user, field_name="new_password")
+    onetime.ott_claim(token=token)
+    if not user.is_active:
+        raise onetime.OneTimeTokenInvalid()
+    services.user_reset_password(user=user, new_password=new_password, request=request)
+    audit.record(AuditEvent.Kind.PASSWORD_CHANGE, request, user_id=user.pk, method="recovery")
+
+
+def reauthenticate_request(*, request: HttpRequest, user: User) -> None:
+    """GoTrue's /reauthenticate: a code (the nonce) to the caller's confirmed address."""
+    if user.email_confirmed_at is None:
+        raise onetime.EmailNotConfirmed()
+    throttles.ott_send_guard(ip=client_ip(request))
+    onetime.send_interval_check(address=user.email, group=Purpose.REAUTHENTICATION)
+    onetime.ott_issue(user=user, purpose=Purpose.REAUTHENTICATION, sent_to=user.email)
+
+
+def reauthentication_verify(*, request: HttpRequest, user: User, nonce: str) -> None:
+    """The nonce from /reauthenticate, spent (ReauthenticationNotValid if wrong or used)."""
+    throttles.ott_verify_guard(ip=client_ip(request))
+    try:
+        onetime.ott_consume(purposes=[Purpose.REAUTHENTICATION], email=user.email, code=nonce)
+    except onetime.OneTimeTokenInvalid:
+        raise onetime.ReauthenticationNotValid() from None
+
+
+def email_change_resend(*, request: HttpRequest, ask: OneTimeRequest) -> None:
+    """/resend type=email_change: no pending email change is kept here yet (PUT /user
+    cannot start one), so there is nothing to resend; answered {} as GoTrue does then."""
+    throttles.ott_send_guard(ip=client_ip(request))

@@ -97,6 +97,18 @@ class EmailSendTooSoon(ApiError):
         )
 
 
+class EmailNotConfirmed(ApiError):
+    status = 422
+    code = "email_not_confirmed"
+    detail = "Please verify your email first."
+
+
+class ReauthenticationNotValid(ApiError):
+    status = 422
+    code = "reauthentication_not_valid"
+    detail = "Nonce has expired or is invalid"
+
+
 class FlowStateNotFound(ApiError):
     status = 404
     code = "flow_state_not_found"

@@ -558,3 +558,46 @@ def public_users_repair(*, batch_size: int = 1000) -> RepairReport:
         else:
             report.unchanged += 1
     return report
+
+
+# --- one-time-token flows (accounts.onetime, accounts.flows) ------------------------------
+
+
+def user_create_passwordless(*, email: str, user_metadata: dict | None = None) -> User:
+    """An account asked for by an email-code / magic-link sign-in (GoTrue's
+    create_user): no password, the address unconfirmed until the code is used.
+    Announced like a signup (referral code, welcome email) in the same
+    transaction. A concurrent creation of the same address returns that one."""
+    email = normalize_email(email)
+    now = timezone.now()
+    user = User(
+        email=email,
+        user_metadata=user_metadata or {},
+        date_joined=now,
+        email_confirmed_at=None,
+    )
+    user.set_unusable_password()
+    try:
+        with db_budget(), transaction.atomic():
+            user.save(force_insert=True)
+            user_signed_up.send(sender=User, user=user, referral_code=None, now=now)
+    except IntegrityError:
+        return User.objects.get(email__lower=email.lower())
+    return user
+
+
+def user_confirm_email(*, user: User, now: datetime | None = None) -> None:
+    """The address proved itself (a code or link sent to it was used)."""
+    user.email_confirmed_at = now or timezone.now()
+    user.save(update_fields=["email_confirmed_at"])
+
+
+def user_reset_password(*, user: User, new_password: str, request: HttpRequest | None = None) -> None:
+    """A forgotten password replaced (a recovery code proved the address): every
+    session of the user ends, as with any password change."""
+    with password_hashing(request):
+        user.set_password(new_password)  # hashed outside the transaction
+    if user.email_confirmed_at is None:
+        user.email_confirmed_at = timezone.now()
+    with db_budget():
+        user.save(update_fields=["password", "email_confirmed_at"])

@@ -70,3 +70,13 @@ def password_change_guard(*, user_id: uuid.UUID) -> None:
 
 def api_key_create_guard(*, user_id: uuid.UUID) -> None:
     limiter.hit("apikey-user", str(user_id), Rate.setting("RATELIMIT_API_KEYS_USER"))
+
+
+def ott_send_guard(*, ip: str | None) -> None:
+    """Emails with a code or link asked for from one address (recover, otp, magiclink, resend)."""
+    limiter.hit("ott-send-ip", ip or "unknown", Rate.setting("RATELIMIT_OTT_SEND_IP"))
+
+
+def ott_verify_guard(*, ip: str | None) -> None:
+    """Codes and links tried from one address (on top of each token's own attempt bound)."""
+    limiter.hit("ott-verify-ip", ip or "unknown", Rate.setting("RATELIMIT_OTT_VERIFY_IP"))

@@ -23,6 +23,15 @@ from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from accounts.onetime import (
+    BadCodeVerifier,
+    EmailNotConfirmed,
+    EmailSendTooSoon,
+    FlowStateExpired,
+    FlowStateNotFound,
+    OneTimeTokenInvalid,
+    ReauthenticationNotValid,
+)
 from accounts.services import RefreshTokenRejected, SamePassword
 from velro.errors import (
     RETRY_AFTER_SECONDS,
@@ -149,6 +158,16 @@ _REFRESH_REJECTED = {
     "user_inactive": (400, "user_banned", "Invalid Refresh Token: User Banned"),
 }
 
+_ONE_TIME_ERRORS = (
+    OneTimeTokenInvalid,
+    EmailSendTooSoon,
+    EmailNotConfirmed,
+    ReauthenticationNotValid,
+    FlowStateNotFound,
+    FlowStateExpired,
+    BadCodeVerifier,
+)
+
 # Fallback code by status, for exceptions without a GoTrue equivalent.
 _BY_STATUS = {
     400: "validation_failed",
@@ -201,6 +220,9 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
         return GoTrueError(422, "user_already_exists", "User already registered")
     if isinstance(exc, SamePassword):
         return GoTrueError(422, "same_password", exc.detail)
+    if isinstance(exc, _ONE_TIME_ERRORS):
+        # Their codes are GoTrue's own (otp_expired, over_email_send_rate_limit, flow_state_*...).
+        return GoTrueError(exc.status, exc.code, exc.detail, headers=exc.headers)
     if isinstance(exc, ApiError):
         return GoTrueError(exc.status, _BY_STATUS.get(exc.status, exc.code), exc.detail, headers=exc.headers)
     if isinstance(exc, drf.ValidationError):

@@ -89,6 +89,47 @@ class UserUpdateInput(serializers.Serializer):
     app_metadata = serializers.JSONField(required=False, allow_null=True)
 
 
+def _challenge() -> StrictCharField:
+    return StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+
+
+@extend_schema_serializer(component_name="GoTrueRecoverInput")
+class RecoverInput(serializers.Serializer):
+    email = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=1024)
+    code_challenge = _challenge()
+    code_challenge_method = _challenge()
+
+
+@extend_schema_serializer(component_name="GoTrueOtpInput")
+class OtpInput(RecoverInput):
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=64)
+    create_user = serializers.BooleanField(required=False, allow_null=True, default=True)
+    data = MetadataField(required=False, allow_null=True)
+    channel = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=32)
+
+
+@extend_schema_serializer(component_name="GoTrueVerifyInput")
+class VerifyInput(serializers.Serializer):
+    type = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=32)
+    token = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+    token_hash = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+    email = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=1024)
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=64)
+    redirect_to = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=2048)
+
+
+@extend_schema_serializer(component_name="GoTrueResendInput")
+class ResendInput(RecoverInput):
+    type = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=32)
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=64)
+
+
+@extend_schema_serializer(component_name="GoTruePkceGrantInput")
+class PkceGrantInput(serializers.Serializer):
+    auth_code = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+    code_verifier = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+
+
 def display_name_from(metadata: dict | None) -> str:
     """A display name from Supabase's usual metadata keys (full_name, name)."""
     for key in ("full_name", "name", "display_name"):

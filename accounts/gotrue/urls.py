@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from accounts.gotrue import views
+from accounts.gotrue import onetime_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -8,9 +8,15 @@ urlpatterns = [
     path("token", views.TokenView.as_view(), name="gotrue-token"),
     path("user", views.UserView.as_view(), name="gotrue-user"),
     path("logout", views.LogoutView.as_view(), name="gotrue-logout"),
+    path("recover", onetime_views.RecoverView.as_view(), name="gotrue-recover"),
+    path("otp", onetime_views.OtpView.as_view(), name="gotrue-otp"),
+    path("magiclink", onetime_views.MagicLinkView.as_view(), name="gotrue-magiclink"),
+    path("verify", onetime_views.VerifyView.as_view(), name="gotrue-verify"),
+    path("resend", onetime_views.ResendView.as_view(), name="gotrue-resend"),
+    path("reauthenticate", onetime_views.ReauthenticateView.as_view(), name="gotrue-reauthenticate"),
     path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
     path("health", views.HealthView.as_view(), name="gotrue-health"),
-    # Everything else GoTrue serves (otp, verify, recover, authorize, factors,
-    # admin/...) is not implemented: a 404 in GoTrue's error shape.
+    # Everything else GoTrue serves (authorize, factors, admin/...) is not
+    # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
 ]

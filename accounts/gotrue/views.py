@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import flows, selectors, services, throttles
+from accounts import flows, onetime, selectors, services, throttles
 from accounts.gotrue.authentication import GoTrueTokenAuthentication, IsServiceRole, apikey_check
 from accounts.gotrue.errors import (
     API_VERSION_HEADER,
@@ -39,6 +39,7 @@ from accounts.gotrue.serializers import (
     GoTrueTokenInput,
     GoTrueUserOutput,
     PasswordGrantInput,
+    PkceGrantInput,
     RefreshGrantInput,
     SignupInput,
     UserUpdateInput,
@@ -175,10 +176,10 @@ class TokenView(PublicGoTrueView):
     """POST /token?grant_type=password|refresh_token."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("grant_type", str, enum=["password", "refresh_token"], required=True)],
+        parameters=[OpenApiParameter("grant_type", str, enum=["password", "refresh_token", "pkce"], required=True)],
         request=GoTrueTokenInput,
         responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 415, 422, 429, 503)},
-        summary="GoTrue: password login or refresh-token rotation",
+        summary="GoTrue: password login, refresh-token rotation or PKCE code exchange",
     )
     def post(self, request: Request) -> Response:
         grant_type = request.query_params.get("grant_type", "")
@@ -186,6 +187,8 @@ class TokenView(PublicGoTrueView):
             return self._password(request)
         if grant_type == "refresh_token":
             return self._refresh(request)
+        if grant_type == "pkce":
+            return self._pkce(request)
         raise validation_failed(f"unsupported_grant_type: {grant_type or 'missing'}")
 
     def _password(self, request: Request) -> Response:
@@ -197,6 +200,15 @@ class TokenView(PublicGoTrueView):
             raise validation_failed("missing email or phone")
         tokens = flows.password_login(
             request=request, email=email, password=data.get("password") or "", surface=SURFACE
+        )
+        return Response(session_body(tokens))
+
+    def _pkce(self, request: Request) -> Response:
+        data = _valid(PkceGrantInput, request)
+        if not data.get("auth_code") or not data.get("code_verifier"):
+            raise validation_failed("invalid request: both auth code and code verifier should be non-empty")
+        tokens = flows.pkce_sign_in(
+            request=request, auth_code=data["auth_code"], code_verifier=data["code_verifier"], surface=SURFACE
         )
         return Response(session_body(tokens))
 
@@ -234,17 +246,27 @@ class UserView(GoTrueView):
             raise GoTrueError(400, "phone_provider_disabled", "Phone changes are disabled")
         password = data.get("password")
         if password:
-            self._password_change(request, password, data.get("current_password"))
+            self._password_change(request, password, data.get("current_password"), data.get("nonce"))
         if data.get("data") is not None:
             user = services.user_update_profile(user_id=user.pk, user_metadata=data["data"])
         elif password:
             user = selectors.user_get(user_id=user.pk) or user  # re-read: updated_at moved
         return Response(user_body(user))
 
-    def _password_change(self, request: Request, password: str, current_password: str | None) -> None:
+    def _password_change(
+        self, request: Request, password: str, current_password: str | None, nonce: str | None
+    ) -> None:
         throttles.password_change_guard(user_id=request.user.pk)
         if current_password is None and settings.GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD:
-            raise GoTrueError(400, "current_password_required", "Current password required when setting new password.")
+            # As GoTrue: a session started by a recovery or email-code verify needs
+            # no current password (session.IsRecovery()), nor does one that spends
+            # a /reauthenticate nonce.
+            if nonce:
+                flows.reauthentication_verify(request=request, user=request.user, nonce=nonce)
+            elif not onetime.session_may_set_password(session_id=request.auth.session_id):
+                raise GoTrueError(
+                    400, "current_password_required", "Current password required when setting new password."
+                )
         _new_password_length(password)
         if current_password is not None and current_password == password:
             raise GoTrueError(422, "same_password", services.SamePassword.detail)

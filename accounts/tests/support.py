@@ -51,10 +51,11 @@ def _text(message: Message) -> str:
 
 
 def mail_to(smtp_server, address: str, *, count: int = 1, timeout: float = 15.0) -> Message:
-    """The `count`-th email to `address` (waits for it, bounded)."""
+    """The `count`-th email with a one-time code to `address` (waits for it, bounded;
+    other emails, a welcome, are skipped)."""
     deadline = time.monotonic() + timeout
     while True:
-        messages = smtp_server.to(address)
+        messages = [message for message in smtp_server.to(address) if _CODE.search(_text(message))]
         if len(messages) >= count:
             return messages[count - 1]
         if time.monotonic() >= deadline:
