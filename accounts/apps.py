@@ -19,9 +19,3 @@ class AccountsConfig(AppConfig):
 
         warmup.register("argon2", _argon2_warm_up)
         gotrue_errors.register()  # client mistakes under /auth/v1/ answered in GoTrue's shape
-        from accounts import onetime
-        from notifications.services import context_hook_register
-
-        for kind in set(onetime.EMAIL_KINDS.values()):
-            # The code and link are derived at render time, never stored in the outbox.
-            context_hook_register(kind, onetime.email_context)

@@ -167,3 +167,49 @@ def token_body(tokens: IssuedTokens) -> dict[str, Any]:
             "user": tokens.user,
         },
     )
+
+
+# --- one-time codes and links -------------------------------------------------------------
+
+
+def _code_field() -> serializers.CharField:
+    return StrictCharField(required=False, max_length=16)
+
+
+def _token_field() -> serializers.CharField:
+    return StrictCharField(required=False, max_length=256, help_text="The link token (the link's `token` parameter)")
+
+
+class EmailRequestInput(StrictInput):
+    email = serializers.EmailField(max_length=254)
+
+
+class CodeRequestInput(EmailRequestInput):
+    create_user = serializers.BooleanField(
+        required=False, default=False, help_text="Create a passwordless account if the address has none"
+    )
+
+
+class CodeOrTokenInput(StrictInput):
+    """Either email + code (from the email) or token (from the email's link)."""
+
+    email = serializers.EmailField(required=False, max_length=254)
+    code = _code_field()
+    token = _token_field()
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        with_code = "code" in attrs
+        if with_code == ("token" in attrs):
+            raise serializers.ValidationError({"code": ["Provide either email and code, or token."]})
+        if with_code and "email" not in attrs:
+            raise serializers.ValidationError({"email": ["The address the code was sent to is required."]})
+        return attrs
+
+
+class PasswordResetInput(CodeOrTokenInput):
+    new_password = _password_field(settings.PASSWORD_MAX_LENGTH)
+
+
+class AcceptedOutput(serializers.Serializer):
+    detail = serializers.CharField()

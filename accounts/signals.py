@@ -7,10 +7,11 @@ from typing import Any
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from accounts import services
+from accounts import onetime, services
 from accounts.events import password_replaced
 from accounts.models import PublicUser, User
 from accounts.selectors import user_cache_invalidate
+from velro.signals import email_rendering
 
 
 @receiver(post_save, sender=User, dispatch_uid="accounts.users_sync.save")
@@ -52,3 +53,12 @@ def mirror_saved(sender: type[PublicUser], instance: PublicUser, created: bool, 
     # The role lives on the mirror and is part of the cached user snapshot.
     if not created:
         user_cache_invalidate(user_id=instance.pk)
+
+
+@receiver(email_rendering, dispatch_uid="accounts.onetime.email_rendering")
+def one_time_email_rendering(sender: object, kind: str, context: dict, **kwargs: Any) -> dict | None:
+    # The code and link of a one-time email, derived from the token id at
+    # render time: never stored in the outbox row.
+    if kind in onetime.EMAIL_KINDS.values() and "ott_id" in context:
+        return onetime.email_context(context)
+    return None

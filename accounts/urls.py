@@ -9,6 +9,12 @@ urlpatterns = [
     path("logout", views.LogoutView.as_view(), name="auth-logout"),
     path("me", views.MeView.as_view(), name="auth-me"),
     path("password", views.PasswordChangeView.as_view(), name="auth-password"),
+    path("password/forgot", views.PasswordForgotView.as_view(), name="auth-password-forgot"),
+    path("password/reset", views.PasswordResetView.as_view(), name="auth-password-reset"),
+    path("email-code", views.EmailCodeRequestView.as_view(), name="auth-email-code"),
+    path("email-code/verify", views.EmailCodeVerifyView.as_view(), name="auth-email-code-verify"),
+    path("email/confirm", views.EmailConfirmView.as_view(), name="auth-email-confirm"),
+    path("email/confirm/resend", views.EmailConfirmResendView.as_view(), name="auth-email-confirm-resend"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
 ]

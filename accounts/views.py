@@ -13,13 +13,19 @@ from rest_framework.views import APIView
 
 from accounts import flows, selectors, services, throttles
 from accounts.authentication import HasSession
+from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.serializers import (
+    AcceptedOutput,
     ApiKeyCreateInput,
     ApiKeyListOutput,
     ApiKeyOutput,
+    CodeOrTokenInput,
+    CodeRequestInput,
+    EmailRequestInput,
     LoginInput,
     LogoutInput,
     PasswordChangeInput,
+    PasswordResetInput,
     ProfileInput,
     RefreshInput,
     SignupInput,
@@ -185,3 +191,107 @@ class ApiKeyDetailView(APIView):
         services.api_key_revoke(user_id=request.user.pk, key_id=key_id)
         audit.record(AuditEvent.Kind.API_KEY_REVOKED, request, user_id=request.user.pk, key=key_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# --- one-time codes and links: the same flows as GoTrue's /recover, /otp, /verify ------------
+
+ACCEPTED = "If the address has an account, an email with a code and a link is on its way."
+
+
+def _accepted() -> Response:
+    # The same answer whether or not the address has an account.
+    return Response({"detail": ACCEPTED}, status=status.HTTP_202_ACCEPTED)
+
+
+def _code_or_token(data: dict) -> dict:
+    return {"email": data.get("email"), "code": data.get("code"), "token_hash": data.get("token")}
+
+
+class PasswordForgotView(PublicView):
+    @extend_schema(
+        request=EmailRequestInput,
+        responses={202: AcceptedOutput, **errors(400, 415, 429, 503)},
+        summary="Forgot password: email a recovery code and link (same answer for any address)",
+    )
+    def post(self, request: Request) -> Response:
+        data = EmailRequestInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        ask = flows.OneTimeRequest(purpose=Purpose.RECOVERY, email=data.validated_data["email"])
+        flows.ott_request(request=request, ask=ask)
+        return _accepted()
+
+
+class PasswordResetView(PublicView):
+    @extend_schema(
+        request=PasswordResetInput,
+        responses={204: None, **errors(400, 403, 415, 429, 503)},
+        summary="Reset a forgotten password with the emailed code (and address) or link token; ends every session",
+    )
+    def post(self, request: Request) -> Response:
+        data = PasswordResetInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        flows.password_reset(
+            request=request, new_password=data.validated_data["new_password"], **_code_or_token(data.validated_data)
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class EmailCodeRequestView(PublicView):
+    @extend_schema(
+        request=CodeRequestInput,
+        responses={202: AcceptedOutput, **errors(400, 415, 429, 503)},
+        summary="Passwordless sign-in: email a sign-in code and link (same answer for any address)",
+    )
+    def post(self, request: Request) -> Response:
+        data = CodeRequestInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        ask = flows.OneTimeRequest(purpose=Purpose.MAGICLINK, email=data.validated_data["email"])
+        flows.ott_request(request=request, ask=ask, create_user=data.validated_data["create_user"])
+        return _accepted()
+
+
+class EmailCodeVerifyView(PublicView):
+    @extend_schema(
+        request=CodeOrTokenInput,
+        responses={200: TokenOutput, **errors(400, 403, 415, 429, 503)},
+        summary="Passwordless sign-in: the emailed code (and address) or link token; returns tokens",
+    )
+    def post(self, request: Request) -> Response:
+        data = CodeOrTokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        _, tokens = flows.ott_sign_in(
+            request=request, purposes=[Purpose.MAGICLINK], **_code_or_token(data.validated_data)
+        )
+        return Response(token_body(tokens))
+
+
+class EmailConfirmView(PublicView):
+    @extend_schema(
+        request=CodeOrTokenInput,
+        responses={204: None, **errors(400, 403, 415, 429, 503)},
+        summary="Confirm the email address with the emailed code (and address) or link token",
+    )
+    def post(self, request: Request) -> Response:
+        data = CodeOrTokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        flows.ott_sign_in(
+            request=request,
+            purposes=[Purpose.SIGNUP, Purpose.INVITE],
+            session=False,
+            **_code_or_token(data.validated_data),
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class EmailConfirmResendView(PublicView):
+    @extend_schema(
+        request=EmailRequestInput,
+        responses={202: AcceptedOutput, **errors(400, 415, 429, 503)},
+        summary="Send the confirmation email again (same answer for any address, confirmed or not)",
+    )
+    def post(self, request: Request) -> Response:
+        data = EmailRequestInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        ask = flows.OneTimeRequest(purpose=Purpose.SIGNUP, email=data.validated_data["email"])
+        flows.ott_request(request=request, ask=ask)
+        return _accepted()

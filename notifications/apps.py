@@ -8,4 +8,4 @@ class NotificationsConfig(AppConfig):
     def ready(self) -> None:
         # Registers the send task in every process (the web too): services
         # enqueue it by name (notifications.services.SEND_EMAIL_TASK).
-        from notifications import tasks  # noqa: F401
+        from notifications import signals, tasks  # noqa: F401  (signals: the email_requested hook)

@@ -11,9 +11,9 @@
 Callers name the email by kind; the template is
 notifications/email/<kind>.txt|.html and the subject is SUBJECTS[kind]. The
 context may name another address than the recipient's (`to`: an email change
-confirmed at the new address), and an app may register a hook that adds to a
-kind's context at render time (context_hook_register): what must not rest in
-the outbox row (a one-time code) is derived there, not stored.
+confirmed at the new address), and the app that asked for an email may add to
+its context at render time (velro.signals.email_rendering): what must not rest
+in the outbox row (a one-time code) is derived there, not stored.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from django.utils import timezone
 from notifications.models import EmailKind, EmailNotification, EmailStatus
 from velro.celery import app as celery_app
 from velro.db import db_params
+from velro.signals import email_rendering
 from velro.tasks import enqueue_on_commit
 
 logger = logging.getLogger("velro.notifications")
@@ -49,13 +49,6 @@ SUBJECTS = {
     EmailKind.EMAIL_CHANGE: "Confirm your new Velro email address",
     EmailKind.REAUTHENTICATION: "Your Velro confirmation code",
 }
-# kind -> a function of the stored context returning the context to render with.
-_CONTEXT_HOOKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
-
-
-def context_hook_register(kind: str, hook: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Let the app that queues `kind` complete its context at render time (its AppConfig.ready)."""
-    _CONTEXT_HOOKS[kind] = hook
 
 
 # The send task (notifications/tasks.py), looked up by name: tasks call services, not the reverse.
@@ -98,9 +91,9 @@ class EmailSendError(Exception):
 def _message(notification: EmailNotification) -> EmailMultiAlternatives:
     recipient = notification.recipient
     context = {**notification.context, "email": recipient.email}
-    hook = _CONTEXT_HOOKS.get(notification.kind)
-    if hook is not None:
-        context = hook(context)
+    for _, added in email_rendering.send(sender=EmailNotification, kind=notification.kind, context=context):
+        if added:
+            context = {**context, **added}
     to = context.get("to") or recipient.email
     # One line whatever a display name contains: a header cannot be split.
     subject = " ".join(SUBJECTS[notification.kind].format(**context).split())

@@ -20,3 +20,13 @@ enqueue_failed = Signal(use_caching=True)
 # name=<admission, e.g. "password_hash">, reason=<queue_full | queue_timeout |
 # client_gone | too_old>. Count it (a counter by name and reason).
 admission_shed = Signal(use_caching=True)
+
+# An app asks for a transactional email (the apps do not import the outbox):
+# kind=<str>, recipient_id=<user id>, event_key=<str, unique per email>,
+# context=<dict>. The outbox (notifications) records it in the sender's
+# transaction and sends it after commit, at most once.
+email_requested = Signal()
+# The outbox renders an email: kind=<str>, context=<dict>. A receiver may
+# return a dict that is added to the context: what must not rest in the
+# outbox row (a one-time code or link) is derived there, at render time.
+email_rendering = Signal()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.request import Request
@@ -45,7 +46,7 @@ LINK_INVALID = "Email link is invalid or has expired"
 # GoTrue's oauthErrorMap: the OAuth `error` beside error_code in an error redirect.
 OAUTH_ERRORS = {400: "invalid_request", 401: "unauthorized_client", 403: "access_denied", 500: "server_error"}
 
-_EMPTY = {200: OpenApiResponse(description="{} (whether or not the address has an account)")}
+_EMPTY = {200: OpenApiResponse(OpenApiTypes.OBJECT, description="{} (whether or not the address has an account)")}
 
 
 def _pkce(data: dict[str, Any]) -> tuple[str, str]:
@@ -186,7 +187,10 @@ class VerifyView(PublicGoTrueView):
             OpenApiParameter("type", str, required=True),
             OpenApiParameter("redirect_to", str),
         ],
-        responses={303: OpenApiResponse(description="redirect to redirect_to (or the site URL)")},
+        responses={
+            303: OpenApiResponse(description="to redirect_to (or the site URL): the session, ?code= or the error"),
+            **_errors(400, 429, 503),
+        },
         summary="GoTrue: follow an email link",
     )
     def get(self, request: Request) -> Response:
