@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.http import HttpRequest
 
 from accounts import onetime, selectors, services, throttles
@@ -82,6 +83,12 @@ def password_login(
     connected) the session insert."""
     user, account = _authenticate(request=request, password=password, email=email, username=username, surface=surface)
     _still_connected(request=request, account=account)
+    if not settings.GOTRUE_MAILER_AUTOCONFIRM and user.email_confirmed_at is None:
+        # Confirmation-required mode: after the right password only (a wrong
+        # one is invalid_credentials whatever the state), so this tells nothing
+        # to whoever does not know the password. Imported unconfirmed users too.
+        throttles.login_succeeded(ip=client_ip(request), account=account)
+        raise onetime.EmailNotConfirmed(status=400, detail="Email not confirmed")
     tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
     throttles.login_succeeded(ip=client_ip(request), account=account)
     audit.record(

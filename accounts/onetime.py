@@ -99,9 +99,15 @@ class EmailSendTooSoon(ApiError):
 
 
 class EmailNotConfirmed(ApiError):
+    """GoTrue: 400 on a password sign-in ("Email not confirmed"), 422 on /reauthenticate."""
+
     status = 422
     code = "email_not_confirmed"
     detail = "Please verify your email first."
+
+    def __init__(self, *, status: int = 422, detail: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
 
 
 class ReauthenticationNotValid(ApiError):

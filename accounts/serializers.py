@@ -213,3 +213,10 @@ class PasswordResetInput(CodeOrTokenInput):
 
 class AcceptedOutput(serializers.Serializer):
     detail = serializers.CharField()
+
+
+class PendingSignupOutput(serializers.Serializer):
+    """A signup in confirmation-required mode: no tokens until the address is confirmed."""
+
+    detail = serializers.CharField()
+    user = UserOutput()

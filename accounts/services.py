@@ -29,7 +29,17 @@ from rest_framework.exceptions import ErrorDetail, ValidationError
 from accounts import touch
 from accounts.apikeys import api_key_hash, api_key_new, api_key_prefix
 from accounts.events import user_signed_up
-from accounts.models import ApiKey, PublicUser, RefreshToken, RevocationKind, Session, User, normalize_email
+from accounts.models import (
+    ApiKey,
+    OneTimeTokenPurpose,
+    PublicUser,
+    RefreshToken,
+    RevocationKind,
+    Session,
+    User,
+    normalize_email,
+)
+from accounts.onetime import ott_issue
 from accounts.revocations import revocation_record
 from accounts.selectors import (
     api_key_cache_invalidate,
@@ -336,6 +346,46 @@ def user_signup(
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
     return replace(tokens, api_key=primary_key)
+
+
+def user_signup_pending(
+    *,
+    email: str,
+    password: str,
+    username: str | None = None,
+    referral_code: str | None = None,
+    display_name: str = "",
+    user_metadata: dict | None = None,
+    redirect_to: str = "",
+    request: HttpRequest | None = None,
+) -> User:
+    """Confirmation-required mode (GOTRUE_MAILER_AUTOCONFIRM=false): the user,
+    unconfirmed and without a session, and the confirmation email, in one
+    transaction with the signup's announcement (user_signed_up)."""
+    email = normalize_email(email)
+    candidate = User(
+        email=email, username=username or None, display_name=display_name, user_metadata=user_metadata or {}
+    )
+    password_validate(password=password, user=candidate)
+    with password_hashing(request):
+        candidate.password = make_password(password)
+    now = timezone.now()
+    candidate.date_joined = now
+    candidate.email_confirmed_at = None
+    try:
+        with db_budget():
+            candidate.save(force_insert=True)
+            user_signed_up.send(sender=User, user=candidate, referral_code=referral_code or None, now=now)
+            ott_issue(
+                user=candidate,
+                purpose=OneTimeTokenPurpose.SIGNUP,
+                sent_to=candidate.email,
+                redirect_to=redirect_to,
+                now=now,
+            )
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None
+    return candidate
 
 
 def user_authenticate(*, user: User | None, password: str, request: HttpRequest | None = None) -> User:

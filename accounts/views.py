@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
 from rest_framework.permissions import AllowAny, IsAuthenticated
@@ -26,6 +27,7 @@ from accounts.serializers import (
     LogoutInput,
     PasswordChangeInput,
     PasswordResetInput,
+    PendingSignupOutput,
     ProfileInput,
     RefreshInput,
     SignupInput,
@@ -50,13 +52,16 @@ class PublicView(APIView):
 class SignupView(PublicView):
     @extend_schema(
         request=SignupInput,
-        responses={201: SignupOutput, **errors(400, 409, 415, 429, 503)},
-        summary="Create an account; returns tokens and the primary API key",
+        responses={201: SignupOutput, 202: PendingSignupOutput, **errors(400, 409, 415, 429, 503)},
+        summary="Create an account; returns tokens and the primary API key (202 and no tokens when "
+        "GOTRUE_MAILER_AUTOCONFIRM=false: a confirmation email is sent)",
     )
     def post(self, request: Request) -> Response:
         throttles.signup_guard(ip=client_ip(request))
         data = SignupInput(data=request.data)
         data.is_valid(raise_exception=True)
+        if not settings.GOTRUE_MAILER_AUTOCONFIRM:
+            return self._pending(request, data.validated_data)
         tokens = services.user_signup(
             request=request,
             email=data.validated_data["email"],
@@ -70,6 +75,19 @@ class SignupView(PublicView):
         body = token_body(tokens)
         body["api_key"] = ApiKeyOutput(tokens.api_key).data  # shown once
         return Response(body, status=status.HTTP_201_CREATED)
+
+    def _pending(self, request: Request, data: dict) -> Response:
+        """Confirmation-required mode: the account, no tokens; a confirmation email is on its way."""
+        user = services.user_signup_pending(
+            request=request,
+            email=data["email"],
+            password=data["password"],
+            username=data.get("username") or None,
+            referral_code=referral_code_clean(data.get("referral_code")),
+        )
+        audit.record(AuditEvent.Kind.SIGNUP, request, user_id=user.pk, confirmed=False)
+        body = {"detail": "Confirm the email address to sign in: a code and a link are on their way.", "user": user}
+        return Response(render(PendingSignupOutput, body), status=status.HTTP_202_ACCEPTED)
 
 
 class LoginView(PublicView):

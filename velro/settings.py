@@ -389,6 +389,9 @@ GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD = _bool("GOTRUE_PASSWORD_CHANGE
 # sign-in, confirmation, invite, email change, reauthentication. GoTrue's
 # names and defaults: a 6-digit code valid for an hour; one email per address
 # and purpose every GOTRUE_SMTP_MAX_FREQUENCY seconds (0 = no interval).
+# false = confirmation-required mode: a signup gets no session but a confirmation
+# email, and a password sign-in of an unconfirmed address answers email_not_confirmed.
+GOTRUE_MAILER_AUTOCONFIRM = _bool("GOTRUE_MAILER_AUTOCONFIRM", True)
 GOTRUE_MAILER_OTP_EXP = _int("GOTRUE_MAILER_OTP_EXP", 3600, minimum=60)
 GOTRUE_MAILER_OTP_LENGTH = _int("GOTRUE_MAILER_OTP_LENGTH", 6, minimum=6)
 if GOTRUE_MAILER_OTP_LENGTH > 10:

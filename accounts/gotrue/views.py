@@ -47,6 +47,7 @@ from accounts.gotrue.serializers import (
     session_body,
     user_body,
 )
+from accounts.redirects import redirect_target
 from accounts.serializers import referral_code_clean
 from monitoring import audit
 from monitoring.models import AuditEvent
@@ -132,7 +133,8 @@ def _errors(*statuses: int) -> dict[int, OpenApiResponse]:
 
 
 class SignupView(PublicGoTrueView):
-    """POST /signup {email, password, data?}: with autoconfirm (always here), a session."""
+    """POST /signup {email, password, data?}: with autoconfirm (GOTRUE_MAILER_AUTOCONFIRM,
+    the default), a session; without, the user and a confirmation email."""
 
     @extend_schema(
         request=SignupInput,
@@ -155,6 +157,8 @@ class SignupView(PublicGoTrueView):
             raise validation_failed("Signup requires a valid password")
         _new_password_length(password)
         metadata = data.get("data") or {}
+        if not settings.GOTRUE_MAILER_AUTOCONFIRM:
+            return self._pending(request, email, password, metadata)
         try:
             tokens = services.user_signup(
                 request=request,
@@ -170,6 +174,24 @@ class SignupView(PublicGoTrueView):
             raise weak_password_from(exc) from None
         audit.record(AuditEvent.Kind.SIGNUP, request, user_id=tokens.user.pk, surface=SURFACE)
         return Response(session_body(tokens))
+
+    def _pending(self, request: Request, email: str, password: str, metadata: dict) -> Response:
+        """Confirmation-required mode: the user object alone (no session), a confirmation email sent."""
+        requested = request.query_params.get("redirect_to") or request.META.get("HTTP_REDIRECT_TO", "")
+        try:
+            user = services.user_signup_pending(
+                request=request,
+                email=email,
+                password=password,
+                display_name=display_name_from(metadata),
+                user_metadata=metadata,
+                referral_code=referral_code_clean(metadata.get("referral_code")),
+                redirect_to=redirect_target(requested),
+            )
+        except ValidationError as exc:
+            raise weak_password_from(exc) from None
+        audit.record(AuditEvent.Kind.SIGNUP, request, user_id=user.pk, surface=SURFACE, confirmed=False)
+        return Response(user_body(user))
 
 
 class TokenView(PublicGoTrueView):
@@ -342,7 +364,7 @@ class SettingsView(PublicGoTrueView):
             {
                 "external": external,
                 "disable_signup": False,
-                "mailer_autoconfirm": True,
+                "mailer_autoconfirm": settings.GOTRUE_MAILER_AUTOCONFIRM,
                 "phone_autoconfirm": False,
                 "sms_provider": "",
                 "saml_enabled": False,

@@ -113,3 +113,14 @@ def test_forgot_then_reset_over_http_with_the_emailed_code(live_server, smtp_ser
     assert login.status_code == 200
     old = requests.post(f"{url}/login", json={"email": "http@example.com", "password": DEFAULT_PASSWORD}, timeout=10)
     assert old.status_code == 401
+
+
+def test_confirmation_required_signup_answers_202_without_tokens_until_confirmed(api, settings):
+    settings.GOTRUE_MAILER_AUTOCONFIRM = False
+    body = {"email": "pending@example.com", "password": NEW_PASSWORD}
+    signed_up = api.post(f"{BASE}/signup", body, format="json")
+    assert signed_up.status_code == 202 and "access_token" not in signed_up.json()
+    login = api.post(f"{BASE}/login", body, format="json")
+    assert login.status_code == 400 and login.json()["error"] == "email_not_confirmed"
+    token = OneTimeToken.objects.get(user__email="pending@example.com", purpose=Purpose.SIGNUP)
+    assert EmailNotification.objects.filter(event_key=f"ott:{token.pk}", kind="confirmation").exists()

@@ -199,3 +199,40 @@ def test_every_auth_v1_answer_carries_cors_headers_the_404_included(live_server)
     for method, path in (("get", "no-such-route"), ("post", "otp"), ("post", "verify"), ("get", "verify")):
         response = requests.request(method, f"{live_server.url}/auth/v1/{path}", headers=origin, json={}, timeout=10)
         assert response.headers.get("Access-Control-Allow-Origin") in ("*", "https://app.example.com"), path
+
+
+def test_confirmation_required_signup_has_no_session_until_the_emailed_code_confirms(client, mailbox, settings):
+    settings.GOTRUE_MAILER_AUTOCONFIRM = False
+    signed_up = client.sign_up({"email": "confirm@example.com", "password": NEW_PASSWORD})
+    assert signed_up.session is None and signed_up.user.email_confirmed_at is None
+    with pytest.raises(AuthApiError) as raised:
+        client.sign_in_with_password({"email": "confirm@example.com", "password": NEW_PASSWORD})
+    assert (raised.value.status, raised.value.code) == (400, "email_not_confirmed")
+    client.resend({"type": "signup", "email": "confirm@example.com"})  # replaces the first code
+    code = last_code_to(mailbox, "confirm@example.com", count=2)
+    confirmed = client.verify_otp({"email": "confirm@example.com", "token": code, "type": "signup"})
+    assert confirmed.session is not None and confirmed.user.email_confirmed_at is not None
+    assert client.sign_in_with_password({"email": "confirm@example.com", "password": NEW_PASSWORD}).session
+
+
+def test_an_imported_unconfirmed_user_cannot_sign_in_with_a_password_in_confirmation_mode(client, settings):
+    settings.GOTRUE_MAILER_AUTOCONFIRM = False
+    UserFactory(email="imported@example.com", email_confirmed_at=None)
+    with pytest.raises(AuthApiError) as raised:
+        client.sign_in_with_password({"email": "imported@example.com", "password": DEFAULT_PASSWORD})
+    assert raised.value.code == "email_not_confirmed"
+    with pytest.raises(AuthApiError) as wrong:  # a wrong password tells nothing of the state
+        client.sign_in_with_password({"email": "imported@example.com", "password": "not the password"})
+    assert wrong.value.code == "invalid_credentials"
+
+
+def test_a_reauthentication_nonce_lets_a_password_session_set_a_new_password(client, mailbox):
+    UserFactory(email="reauth@example.com", email_confirmed_at=timezone.now())
+    client.sign_in_with_password({"email": "reauth@example.com", "password": DEFAULT_PASSWORD})
+    client.reauthenticate()
+    nonce = last_code_to(mailbox, "reauth@example.com")
+    with pytest.raises(AuthApiError) as wrong:
+        client.update_user({"password": NEW_PASSWORD, "nonce": f"{(int(nonce) + 1) % 10**6:06d}"})
+    assert wrong.value.code == "reauthentication_not_valid"
+    client.update_user({"password": NEW_PASSWORD, "nonce": nonce})
+    assert client.sign_in_with_password({"email": "reauth@example.com", "password": NEW_PASSWORD}).session
