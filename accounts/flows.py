@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.db import transaction
 from django.http import HttpRequest
+from django.utils import timezone
 
 from accounts import onetime, selectors, services, throttles
 from accounts.models import OneTimeToken, User
@@ -267,6 +269,107 @@ def reauthentication_verify(*, request: HttpRequest, user: User, nonce: str) -> 
 
 
 def email_change_resend(*, request: HttpRequest, ask: OneTimeRequest) -> None:
-    """/resend type=email_change: no pending email change is kept here yet (PUT /user
-    cannot start one), so there is nothing to resend; answered {} as GoTrue does then."""
+    """/resend type=email_change: the pending change's pair again (nothing pending, or an
+    unknown address: nothing sent, the same answer)."""
     throttles.ott_send_guard(ip=client_ip(request))
+    user = selectors.user_for_login(email=ask.email)
+    pending = email_change_pending(user=user) if user is not None and user.is_active else None
+    if pending is None:
+        onetime.send_interval_check(address=ask.email, group="email_change")
+        return
+    email_change_request(
+        request=request,
+        user=user,
+        new_email=pending.sent_to,
+        redirect_to=ask.redirect_to,
+        code_challenge=ask.code_challenge,
+        code_challenge_method=ask.code_challenge_method,
+    )
+
+
+# --- email change: both addresses confirm (GoTrue's secure email change) --------------------
+
+EMAIL_CHANGE_PURPOSES = [Purpose.EMAIL_CHANGE_NEW, Purpose.EMAIL_CHANGE_CURRENT]
+
+
+def email_change_request(
+    *,
+    request: HttpRequest,
+    user: User,
+    new_email: str,
+    redirect_to: str = "",
+    code_challenge: str = "",
+    code_challenge_method: str = "",
+) -> None:
+    """Send a code and link to the new address and to the current one; the
+    address changes when both are used (email_change_verify). A newer request
+    replaces a pending one."""
+    throttles.ott_send_guard(ip=client_ip(request))
+    if selectors.user_for_login(email=new_email) is not None:
+        raise onetime.EmailExists()
+    onetime.send_interval_check(address=user.email, group="email_change")
+    now = timezone.now()
+    context = {"old_email": user.email, "new_email": new_email}
+    with transaction.atomic():
+        # One `now` for both: the pair is the two tokens created together.
+        for purpose, address in ((Purpose.EMAIL_CHANGE_NEW, new_email), (Purpose.EMAIL_CHANGE_CURRENT, user.email)):
+            onetime.ott_issue(
+                user=user,
+                purpose=purpose,
+                sent_to=address,
+                redirect_to=redirect_to,
+                code_challenge=code_challenge,
+                code_challenge_method=code_challenge_method,
+                context=context,
+                now=now,
+            )
+
+
+def email_change_pending(*, user: User) -> OneTimeToken | None:
+    """The live token of the user's pending change, sent to the new address."""
+    return (
+        OneTimeToken.objects.filter(
+            user=user, purpose=Purpose.EMAIL_CHANGE_NEW, used_at__isnull=True, expires_at__gt=timezone.now()
+        )
+        .order_by("-created_at")
+        .first()
+    )
+
+
+def email_change_verify(
+    *,
+    request: HttpRequest,
+    email: str | None = None,
+    code: str | None = None,
+    token_hash: str | None = None,
+    surface: str = "native",
+    session: bool = True,
+) -> tuple[OneTimeToken, IssuedTokens | None, bool]:
+    """Spend one of the pair; once both are spent, the address changes (and, session=True,
+    a session starts). Returns (token, tokens or None, changed). The user's row is locked
+    while a token is claimed and its sibling read: of two verifies racing on the two
+    tokens, the second sees the first's claim."""
+    throttles.ott_verify_guard(ip=client_ip(request))
+    with transaction.atomic():
+        token = onetime.ott_find(purposes=EMAIL_CHANGE_PURPOSES, email=email, code=code, token_hash=token_hash)
+        user = User.objects.select_for_update().get(pk=token.user_id)
+        onetime.ott_claim(token=token)
+        other = Purpose.EMAIL_CHANGE_CURRENT if token.purpose == Purpose.EMAIL_CHANGE_NEW else Purpose.EMAIL_CHANGE_NEW
+        sibling = OneTimeToken.objects.filter(user=user, purpose=other, created_at=token.created_at).first()
+        if sibling is None or sibling.used_at is None or not user.is_active:
+            return token, None, False
+        new_email = token.sent_to if token.purpose == Purpose.EMAIL_CHANGE_NEW else sibling.sent_to
+        services.user_change_email(user=user, new_email=new_email)
+    token.user = user
+    if not session:
+        return token, None, True
+    tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
+    audit.record(
+        AuditEvent.Kind.LOGIN_SUCCESS,
+        request,
+        user_id=user.pk,
+        session=tokens.session_id,
+        method="email_change",
+        **_surface(surface),
+    )
+    return token, tokens, True

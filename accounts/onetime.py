@@ -110,6 +110,12 @@ class EmailNotConfirmed(ApiError):
         self.status = status
 
 
+class EmailExists(ApiError):
+    status = 422
+    code = "email_exists"
+    detail = "A user with this email address has already been registered"
+
+
 class ReauthenticationNotValid(ApiError):
     status = 422
     code = "reauthentication_not_valid"

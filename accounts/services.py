@@ -651,3 +651,15 @@ def user_reset_password(*, user: User, new_password: str, request: HttpRequest |
         user.email_confirmed_at = timezone.now()
     with db_budget():
         user.save(update_fields=["password", "email_confirmed_at"])
+
+
+def user_change_email(*, user: User, new_email: str, now: datetime | None = None) -> None:
+    """Both addresses confirmed the change (accounts.flows.email_change_verify): the
+    new one replaces the old, confirmed. Taken meanwhile: Conflict email_taken."""
+    user.email = normalize_email(new_email)
+    user.email_confirmed_at = now or timezone.now()
+    try:
+        with transaction.atomic():  # its own savepoint: a clash must not poison the caller's transaction
+            user.save(update_fields=["email", "email_confirmed_at"])
+    except IntegrityError as exc:
+        raise _integrity_conflict(exc) from None

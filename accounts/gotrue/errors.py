@@ -25,6 +25,7 @@ from rest_framework.response import Response
 
 from accounts.onetime import (
     BadCodeVerifier,
+    EmailExists,
     EmailNotConfirmed,
     EmailSendTooSoon,
     FlowStateExpired,
@@ -162,6 +163,7 @@ _ONE_TIME_ERRORS = (
     OneTimeTokenInvalid,
     EmailSendTooSoon,
     EmailNotConfirmed,
+    EmailExists,
     ReauthenticationNotValid,
     FlowStateNotFound,
     FlowStateExpired,

@@ -43,6 +43,7 @@ VERIFY_TYPES: dict[str, list[str]] = {
 }
 PHONE_TYPES = ("sms", "phone_change")
 LINK_INVALID = "Email link is invalid or has expired"
+SINGLE_CONFIRMATION = "Confirmation link accepted. Please proceed to confirm link sent to the other email"
 # GoTrue's oauthErrorMap: the OAuth `error` beside error_code in an error redirect.
 OAUTH_ERRORS = {400: "invalid_request", 401: "unauthorized_client", 403: "access_denied", 500: "server_error"}
 
@@ -134,7 +135,8 @@ class MagicLinkView(OtpView):
 
 
 class VerifyView(PublicGoTrueView):
-    """POST /verify {type, token + email | token_hash}: a session.
+    """POST /verify {type, token + email | token_hash}: a session (type=email_change: the
+    first of the two confirmations answers {"msg", "code": "200"}, the second a session).
     GET /verify?token=&type=&redirect_to=: a 303 to the allowed redirect_to with the
     session in the fragment, `?code=` for a PKCE link, or the error in the fragment."""
 
@@ -164,6 +166,10 @@ class VerifyView(PublicGoTrueView):
             raise validation_failed("Only an email address or phone number should be provided on verify")
         if token_hash and (email or phone or data.get("redirect_to")):
             raise validation_failed("Only the token_hash and type should be provided")
+        if kind == "email_change":
+            return self._email_change(
+                request, email=_email(email) if token else None, token=token, token_hash=token_hash
+            )
         purposes = VERIFY_TYPES.get(kind)
         if purposes is None:
             raise validation_failed("Unsupported verification type")
@@ -179,6 +185,19 @@ class VerifyView(PublicGoTrueView):
         except onetime.OneTimeTokenInvalid:
             message = LINK_INVALID if token_hash else onetime.OneTimeTokenInvalid.detail
             raise GoTrueError(403, "otp_expired", message) from None
+        return Response(session_body(tokens))
+
+    def _email_change(self, request: Request, *, email: str | None, token: str, token_hash: str) -> Response:
+        try:
+            _, tokens, changed = flows.email_change_verify(
+                request=request, email=email, code=token or None, token_hash=token_hash or None, surface=SURFACE
+            )
+        except onetime.OneTimeTokenInvalid:
+            message = LINK_INVALID if token_hash else onetime.OneTimeTokenInvalid.detail
+            raise GoTrueError(403, "otp_expired", message) from None
+        if not changed:
+            # GoTrue's answer to the first of the two confirmations (supabase-py reads code "200").
+            return Response({"msg": SINGLE_CONFIRMATION, "code": "200"})
         return Response(session_body(tokens))
 
     @extend_schema(
@@ -202,12 +221,21 @@ class VerifyView(PublicGoTrueView):
         target = _redirect_to(request)
         pkce = token.startswith(onetime.PKCE_PREFIX)
         try:
-            purposes = VERIFY_TYPES.get(kind)
-            if purposes is None:
-                raise validation_failed("Unsupported verification type")
-            row, tokens = flows.ott_sign_in(
-                request=request, purposes=purposes, token_hash=token, surface=SURFACE, session=not pkce
-            )
+            if kind == "email_change":
+                row, tokens, changed = flows.email_change_verify(
+                    request=request, token_hash=token, surface=SURFACE, session=not pkce
+                )
+                if not changed:
+                    message = {"message": SINGLE_CONFIRMATION}
+                    target = _with_query(target, message) if pkce else target
+                    return _see_other(_with_fragment(target, {**message, "sb": ""}))
+            else:
+                purposes = VERIFY_TYPES.get(kind)
+                if purposes is None:
+                    raise validation_failed("Unsupported verification type")
+                row, tokens = flows.ott_sign_in(
+                    request=request, purposes=purposes, token_hash=token, surface=SURFACE, session=not pkce
+                )
             if pkce:
                 if not row.code_challenge:
                     raise GoTrueError(400, "flow_state_not_found", "No associated flow state found.")

@@ -87,6 +87,8 @@ class UserUpdateInput(serializers.Serializer):
     nonce = StrictCharField(required=False, allow_blank=True, allow_null=True)
     data = MetadataField(required=False, allow_null=True)
     app_metadata = serializers.JSONField(required=False, allow_null=True)
+    code_challenge = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
+    code_challenge_method = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
 
 
 def _challenge() -> StrictCharField:

@@ -262,7 +262,23 @@ class UserView(GoTrueView):
             raise GoTrueError(403, "not_admin", "Updating app_metadata requires admin privileges")
         email = (data.get("email") or "").strip()
         if email and email.lower() != user.email.lower():
-            raise GoTrueError(422, "email_change_not_supported", "Changing the email address is not supported")
+            # Secure email change: a code and link to both addresses; the address
+            # changes once both are used (POST/GET /verify type=email_change).
+            challenge = onetime.pkce_challenge_valid(
+                code_challenge=data.get("code_challenge") or "",
+                code_challenge_method=data.get("code_challenge_method") or "",
+            )
+            if challenge:
+                raise validation_failed(challenge)
+            requested = request.query_params.get("redirect_to") or request.META.get("HTTP_REDIRECT_TO", "")
+            flows.email_change_request(
+                request=request,
+                user=user,
+                new_email=_email(email),
+                redirect_to=redirect_target(requested),
+                code_challenge=data.get("code_challenge") or "",
+                code_challenge_method=data.get("code_challenge_method") or "",
+            )
         phone = (data.get("phone") or "").strip()
         if phone and phone != (user.phone or ""):
             raise GoTrueError(400, "phone_provider_disabled", "Phone changes are disabled")

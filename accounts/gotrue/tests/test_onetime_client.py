@@ -236,3 +236,20 @@ def test_a_reauthentication_nonce_lets_a_password_session_set_a_new_password(cli
     assert wrong.value.code == "reauthentication_not_valid"
     client.update_user({"password": NEW_PASSWORD, "nonce": nonce})
     assert client.sign_in_with_password({"email": "reauth@example.com", "password": NEW_PASSWORD}).session
+
+
+def test_an_email_change_needs_the_codes_sent_to_both_addresses(client, mailbox):
+    user = UserFactory(email="old@example.com", email_confirmed_at=timezone.now())
+    UserFactory(email="taken@example.com")
+    client.sign_in_with_password({"email": "old@example.com", "password": DEFAULT_PASSWORD})
+    with pytest.raises(AuthApiError) as taken:
+        client.update_user({"email": "taken@example.com"})
+    assert (taken.value.status, taken.value.code) == (422, "email_exists")
+    assert client.update_user({"email": "new@example.com"}).user.email == "old@example.com"
+    to_new, to_old = last_code_to(mailbox, "new@example.com"), last_code_to(mailbox, "old@example.com")
+    first = client.verify_otp({"email": "new@example.com", "token": to_new, "type": "email_change"})
+    assert first.session is None  # one of two: GoTrue's {"msg", "code": "200"}
+    assert User.objects.get(pk=user.pk).email == "old@example.com"
+    second = client.verify_otp({"email": "old@example.com", "token": to_old, "type": "email_change"})
+    assert second.session is not None and second.user.email == "new@example.com"
+    assert client.sign_in_with_password({"email": "new@example.com", "password": DEFAULT_PASSWORD}).session
