@@ -373,3 +373,73 @@ def email_change_verify(
         **_surface(surface),
     )
     return token, tokens, True
+
+
+# --- invites and admin-generated links (the service-role API) -------------------------------
+
+
+def _invitee(*, email: str, user_metadata: dict | None) -> User:
+    """The unconfirmed, passwordless account an invite or link names (made if missing);
+    a confirmed one: EmailExists (GoTrue's 422 email_exists)."""
+    user = selectors.user_for_login(email=email)
+    if user is None:
+        return services.user_create_passwordless(email=email, user_metadata=user_metadata or {})
+    if user.email_confirmed_at is not None:
+        raise onetime.EmailExists()
+    return user
+
+
+def user_invite(*, request: HttpRequest, email: str, user_metadata: dict | None = None, redirect_to: str = "") -> User:
+    """/invite: the account (unconfirmed, no password) and an invite email; its code or link
+    signs in (and confirms), and that session may set a password without a current one."""
+    user = _invitee(email=email, user_metadata=user_metadata)
+    onetime.ott_issue(user=user, purpose=Purpose.INVITE, sent_to=user.email, redirect_to=redirect_to)
+    return user
+
+
+@dataclass(frozen=True)
+class GeneratedLink:
+    user: User
+    action_link: str
+    email_otp: str
+    hashed_token: str
+    verification_type: str
+    redirect_to: str
+
+
+GENERATE_LINK_PURPOSES = {
+    "signup": Purpose.SIGNUP,
+    "invite": Purpose.INVITE,
+    "magiclink": Purpose.MAGICLINK,
+    "recovery": Purpose.RECOVERY,
+}
+
+
+def link_generate(
+    *, kind: str, email: str, password: str = "", user_metadata: dict | None = None, redirect_to: str = ""
+) -> GeneratedLink:
+    """/admin/generate_link: the link and code, returned and not emailed (GoTrue's
+    adminGenerateLink). An unknown address: signup/invite make the account, magiclink
+    signs it up, recovery is 404 user_not_found."""
+    user = selectors.user_for_login(email=email)
+    if user is None:
+        if kind == "recovery":
+            raise onetime.UserNotFound()
+        if kind == "magiclink":
+            kind = "signup"
+    if kind in ("signup", "invite"):
+        user = _invitee(email=email, user_metadata=user_metadata)
+        if kind == "signup" and password:
+            services.user_set_initial_password(user=user, password=password)
+    token = onetime.ott_issue(
+        user=user, purpose=GENERATE_LINK_PURPOSES[kind], sent_to=user.email, redirect_to=redirect_to, email=False
+    )
+    link = onetime.ott_link(token_id=token.token.pk, purpose=token.token.purpose, redirect_to=redirect_to)
+    return GeneratedLink(
+        user=user,
+        action_link=link,
+        email_otp=token.code,
+        hashed_token=token.link_token,
+        verification_type=kind,
+        redirect_to=redirect_to,
+    )

@@ -116,6 +116,12 @@ class EmailExists(ApiError):
     detail = "A user with this email address has already been registered"
 
 
+class UserNotFound(ApiError):
+    status = 404
+    code = "user_not_found"
+    detail = "User with this email not found"
+
+
 class ReauthenticationNotValid(ApiError):
     status = 422
     code = "reauthentication_not_valid"

@@ -663,3 +663,12 @@ def user_change_email(*, user: User, new_email: str, now: datetime | None = None
             user.save(update_fields=["email", "email_confirmed_at"])
     except IntegrityError as exc:
         raise _integrity_conflict(exc) from None
+
+
+def user_set_initial_password(*, user: User, password: str, request: HttpRequest | None = None) -> None:
+    """An admin-generated signup link's password (GoTrue's generate_link type=signup)."""
+    password_validate(password=password, user=user)
+    with password_hashing(request):
+        user.set_password(password)
+    with db_budget():
+        user.save(update_fields=["password"])

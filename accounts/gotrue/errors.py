@@ -32,6 +32,7 @@ from accounts.onetime import (
     FlowStateNotFound,
     OneTimeTokenInvalid,
     ReauthenticationNotValid,
+    UserNotFound,
 )
 from accounts.services import RefreshTokenRejected, SamePassword
 from velro.errors import (
@@ -165,6 +166,7 @@ _ONE_TIME_ERRORS = (
     EmailNotConfirmed,
     EmailExists,
     ReauthenticationNotValid,
+    UserNotFound,
     FlowStateNotFound,
     FlowStateExpired,
     BadCodeVerifier,

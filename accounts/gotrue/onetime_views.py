@@ -14,22 +14,28 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from accounts import flows, onetime
-from accounts.gotrue.errors import GoTrueError, validation_failed
+from accounts.gotrue.errors import GoTrueError, validation_failed, weak_password_from
 from accounts.gotrue.serializers import (
+    GenerateLinkInput,
+    GenerateLinkOutput,
     GoTrueSessionOutput,
+    GoTrueUserOutput,
+    InviteInput,
     OtpInput,
     RecoverInput,
     ResendInput,
     VerifyInput,
     session_body,
+    user_body,
 )
-from accounts.gotrue.views import SURFACE, GoTrueView, PublicGoTrueView, _email, _errors, _valid
+from accounts.gotrue.views import SURFACE, AdminGoTrueView, GoTrueView, PublicGoTrueView, _email, _errors, _valid
 from accounts.models import OneTimeTokenPurpose as Purpose
-from accounts.redirects import redirect_target
+from accounts.redirects import redirect_allowed, redirect_target
 
 # verify `type` -> the purposes its token may have. GoTrue keeps one
 # confirmation slot (signup, invite) and one recovery slot (recovery, magic
@@ -321,3 +327,64 @@ class ReauthenticateView(GoTrueView):
     def get(self, request: Request) -> Response:
         flows.reauthenticate_request(request=request, user=request.user)
         return Response({})
+
+
+class InviteView(AdminGoTrueView):
+    """POST /invite {email, data?} (service role): the account and an invite email."""
+
+    @extend_schema(
+        request=InviteInput,
+        parameters=[OpenApiParameter("redirect_to", str)],
+        responses={200: GoTrueUserOutput, **_errors(400, 401, 403, 415, 422, 429, 503)},
+        summary="GoTrue admin: invite a user by email",
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(InviteInput, request)
+        if not (data.get("email") or "").strip():
+            raise validation_failed("Invite requires an email")
+        user = flows.user_invite(
+            request=request,
+            email=_email(data["email"]),
+            user_metadata=data.get("data") or {},
+            redirect_to=_redirect_to(request),
+        )
+        return Response(user_body(user))
+
+
+class GenerateLinkView(AdminGoTrueView):
+    """POST /admin/generate_link {type, email, password?, data?, redirect_to?} (service role):
+    the link and code, not emailed."""
+
+    @extend_schema(
+        request=GenerateLinkInput,
+        parameters=[OpenApiParameter("redirect_to", str)],
+        responses={200: GenerateLinkOutput, **_errors(400, 401, 403, 404, 415, 422, 503)},
+        summary="GoTrue admin: generate an email action link (signup, invite, magiclink, recovery)",
+    )
+    def post(self, request: Request) -> Response:
+        data = _valid(GenerateLinkInput, request)
+        kind = data.get("type") or ""
+        if kind not in flows.GENERATE_LINK_PURPOSES:
+            raise validation_failed(f"Invalid email action link type requested: {kind}")
+        email = _email(data.get("email") or "")
+        requested = data.get("redirect_to") or ""
+        redirect = requested if redirect_allowed(requested) else _redirect_to(request)
+        try:
+            generated = flows.link_generate(
+                kind=kind,
+                email=email,
+                password=data.get("password") or "",
+                user_metadata=data.get("data") or {},
+                redirect_to=redirect,
+            )
+        except ValidationError as exc:
+            raise weak_password_from(exc) from None
+        body = user_body(generated.user)
+        body.update(
+            action_link=generated.action_link,
+            email_otp=generated.email_otp,
+            hashed_token=generated.hashed_token,
+            verification_type=generated.verification_type,
+            redirect_to=generated.redirect_to,
+        )
+        return Response(body)

@@ -132,6 +132,22 @@ class PkceGrantInput(serializers.Serializer):
     code_verifier = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=256)
 
 
+@extend_schema_serializer(component_name="GoTrueInviteInput")
+class InviteInput(serializers.Serializer):
+    email = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=1024)
+    data = MetadataField(required=False, allow_null=True)
+
+
+@extend_schema_serializer(component_name="GoTrueGenerateLinkInput")
+class GenerateLinkInput(InviteInput):
+    type = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=32)
+    password = StrictCharField(
+        required=False, allow_blank=True, allow_null=True, trim_whitespace=False, max_length=1024
+    )
+    new_email = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=1024)
+    redirect_to = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=2048)
+
+
 def display_name_from(metadata: dict | None) -> str:
     """A display name from Supabase's usual metadata keys (full_name, name)."""
     for key in ("full_name", "name", "display_name"):
@@ -295,3 +311,13 @@ class GoTrueHealthOutput(serializers.Serializer):
     version = serializers.CharField()
     name = serializers.CharField()
     description = serializers.CharField()
+
+
+class GenerateLinkOutput(GoTrueUserOutput):
+    """GoTrue's generate_link answer: the user object and the link's properties."""
+
+    action_link = serializers.CharField()
+    email_otp = serializers.CharField()
+    hashed_token = serializers.CharField()
+    verification_type = serializers.CharField()
+    redirect_to = serializers.CharField()

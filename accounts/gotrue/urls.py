@@ -14,6 +14,8 @@ urlpatterns = [
     path("verify", onetime_views.VerifyView.as_view(), name="gotrue-verify"),
     path("resend", onetime_views.ResendView.as_view(), name="gotrue-resend"),
     path("reauthenticate", onetime_views.ReauthenticateView.as_view(), name="gotrue-reauthenticate"),
+    path("invite", onetime_views.InviteView.as_view(), name="gotrue-invite"),
+    path("admin/generate_link", onetime_views.GenerateLinkView.as_view(), name="gotrue-admin-generate-link"),
     path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
     path("health", views.HealthView.as_view(), name="gotrue-health"),
     # Everything else GoTrue serves (authorize, factors, admin/...) is not

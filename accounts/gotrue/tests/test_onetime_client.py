@@ -16,6 +16,7 @@ from supabase_auth.errors import AuthApiError
 from accounts.models import OneTimeToken, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tests.support import last_code_to, last_link_to, mail_to
+from notifications.models import EmailNotification
 from notifications.tests.support import _enqueue_breaker_closed, celery_worker, smtp_server  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
@@ -253,3 +254,55 @@ def test_an_email_change_needs_the_codes_sent_to_both_addresses(client, mailbox)
     second = client.verify_otp({"email": "old@example.com", "token": to_old, "type": "email_change"})
     assert second.session is not None and second.user.email == "new@example.com"
     assert client.sign_in_with_password({"email": "new@example.com", "password": DEFAULT_PASSWORD}).session
+
+
+SERVICE_KEY = "service-role-key-" + "s" * 30
+
+
+@pytest.fixture
+def admin(settings, live_server):
+    settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_KEY
+    server = SyncGoTrueClient(
+        url=f"{live_server.url}/auth/v1",
+        headers={"apikey": SERVICE_KEY, "Authorization": f"Bearer {SERVICE_KEY}"},
+        auto_refresh_token=False,
+    )
+    yield server.admin
+    server.close()
+
+
+def test_an_invited_user_signs_in_with_the_emailed_code_and_sets_a_password(admin, client, mailbox):
+    invited = admin.invite_user_by_email("invitee@example.com", {"data": {"team": "blue"}})
+    assert invited.user.email == "invitee@example.com" and invited.user.email_confirmed_at is None
+    code = last_code_to(mailbox, "invitee@example.com")
+    signed_in = client.verify_otp({"email": "invitee@example.com", "token": code, "type": "invite"})
+    assert signed_in.user.email_confirmed_at is not None and signed_in.user.user_metadata == {"team": "blue"}
+    client.update_user({"password": NEW_PASSWORD})
+    assert client.sign_in_with_password({"email": "invitee@example.com", "password": NEW_PASSWORD}).session
+    with pytest.raises(AuthApiError) as again:  # confirmed now: no second invite
+        admin.invite_user_by_email("invitee@example.com")
+    assert again.value.code == "email_exists"
+
+
+def test_generate_link_returns_a_recovery_link_and_code_without_sending_an_email(admin, client):
+    user = UserFactory(email="linked@example.com")
+    generated = admin.generate_link({"type": "recovery", "email": "linked@example.com"})
+    assert generated.user.id == str(user.pk)
+    assert generated.properties.verification_type == "recovery"
+    assert f"token={generated.properties.hashed_token}&type=recovery" in generated.properties.action_link
+    session = client.verify_otp({"token_hash": generated.properties.hashed_token, "type": "recovery"})
+    assert session.user.id == str(user.pk)
+    with pytest.raises(AuthApiError) as unknown:
+        admin.generate_link({"type": "recovery", "email": "nobody@example.com"})
+    assert (unknown.value.status, unknown.value.code) == (404, "user_not_found")
+    magic = admin.generate_link({"type": "magiclink", "email": "brand-new@example.com"})
+    assert magic.properties.verification_type == "signup"  # an unknown address is signed up, as GoTrue
+    assert client.verify_otp({"email": "brand-new@example.com", "token": magic.properties.email_otp, "type": "signup"})
+    assert not EmailNotification.objects.filter(event_key__startswith="ott:").exists()
+
+
+def test_the_anon_key_cannot_generate_links(make_client, settings):
+    settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_KEY
+    with pytest.raises(AuthApiError) as refused:
+        make_client().admin.generate_link({"type": "recovery", "email": "x@example.com"})
+    assert (refused.value.status, refused.value.code) == (403, "not_admin")
