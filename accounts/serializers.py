@@ -220,3 +220,12 @@ class PendingSignupOutput(serializers.Serializer):
 
     detail = serializers.CharField()
     user = UserOutput()
+
+
+class EmailChangeInput(StrictInput):
+    new_email = serializers.EmailField(max_length=254)
+
+
+class EmailChangeConfirmOutput(serializers.Serializer):
+    changed = serializers.BooleanField(help_text="false: the other address's code is still needed")
+    user = UserOutput()

@@ -15,6 +15,8 @@ urlpatterns = [
     path("email-code/verify", views.EmailCodeVerifyView.as_view(), name="auth-email-code-verify"),
     path("email/confirm", views.EmailConfirmView.as_view(), name="auth-email-confirm"),
     path("email/confirm/resend", views.EmailConfirmResendView.as_view(), name="auth-email-confirm-resend"),
+    path("email/change", views.EmailChangeView.as_view(), name="auth-email-change"),
+    path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
 ]

@@ -7,12 +7,13 @@ import uuid
 from django.conf import settings
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
+from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import flows, selectors, services, throttles
+from accounts import flows, onetime, selectors, services, throttles
 from accounts.authentication import HasSession
 from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.serializers import (
@@ -22,6 +23,8 @@ from accounts.serializers import (
     ApiKeyOutput,
     CodeOrTokenInput,
     CodeRequestInput,
+    EmailChangeConfirmOutput,
+    EmailChangeInput,
     EmailRequestInput,
     LoginInput,
     LogoutInput,
@@ -39,6 +42,7 @@ from accounts.serializers import (
 )
 from monitoring import audit
 from monitoring.models import AuditEvent
+from velro.errors import Conflict
 from velro.net import client_ip, user_agent
 from velro.openapi import errors
 from velro.rendering import render
@@ -313,3 +317,43 @@ class EmailConfirmResendView(PublicView):
         ask = flows.OneTimeRequest(purpose=Purpose.SIGNUP, email=data.validated_data["email"])
         flows.ott_request(request=request, ask=ask)
         return _accepted()
+
+
+class EmailChangeView(APIView):
+    permission_classes = [IsAuthenticated, HasSession]
+
+    @extend_schema(
+        request=EmailChangeInput,
+        responses={202: AcceptedOutput, **errors(400, 401, 403, 409, 415, 429, 503)},
+        summary="Change the email address: a code and link to the new and to the current address",
+    )
+    def post(self, request: Request) -> Response:
+        data = EmailChangeInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        new_email = data.validated_data["new_email"]
+        if new_email.lower() == request.user.email.lower():
+            raise ValidationError({"new_email": ["This is already the account's address."]})
+        try:
+            flows.email_change_request(request=request, user=request.user, new_email=new_email)
+        except onetime.EmailExists:
+            raise Conflict("An account with this email already exists", code="email_taken") from None
+        return Response(
+            {"detail": "Confirm with the codes sent to both addresses: the change applies once both are used."},
+            status=status.HTTP_202_ACCEPTED,
+        )
+
+
+class EmailChangeConfirmView(PublicView):
+    @extend_schema(
+        request=CodeOrTokenInput,
+        responses={200: EmailChangeConfirmOutput, **errors(400, 403, 409, 415, 429, 503)},
+        summary="Confirm an email change with one address's code (and address) or link token",
+    )
+    def post(self, request: Request) -> Response:
+        data = CodeOrTokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        token, _, changed = flows.email_change_verify(
+            request=request, session=False, **_code_or_token(data.validated_data)
+        )
+        user = selectors.user_get(user_id=token.user_id) or token.user
+        return Response(render(EmailChangeConfirmOutput, {"changed": changed, "user": user}))

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import OneTimeToken, Session, User
 from accounts.models import OneTimeTokenPurpose as Purpose
-from accounts.onetime import ott_issue
+from accounts.onetime import ott_code, ott_issue
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tests.support import api_login, last_code_to, last_link_to
 from notifications.models import EmailNotification
@@ -124,3 +124,23 @@ def test_confirmation_required_signup_answers_202_without_tokens_until_confirmed
     assert login.status_code == 400 and login.json()["error"] == "email_not_confirmed"
     token = OneTimeToken.objects.get(user__email="pending@example.com", purpose=Purpose.SIGNUP)
     assert EmailNotification.objects.filter(event_key=f"ott:{token.pk}", kind="confirmation").exists()
+
+
+def test_an_email_change_applies_once_both_addresses_confirm(api):
+    user = UserFactory(email="before@example.com")
+    UserFactory(email="taken@example.com")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_login('before@example.com')['access_token']}")
+    taken = client.post(f"{BASE}/email/change", {"new_email": "taken@example.com"}, format="json")
+    assert taken.status_code == 409 and taken.json()["error"] == "email_taken"
+    assert client.post(f"{BASE}/email/change", {"new_email": "after@example.com"}, format="json").status_code == 202
+    tokens = {t.purpose: t for t in OneTimeToken.objects.filter(user=user, purpose__startswith="email_change")}
+    assert tokens[Purpose.EMAIL_CHANGE_NEW].sent_to == "after@example.com"
+    assert tokens[Purpose.EMAIL_CHANGE_CURRENT].sent_to == "before@example.com"
+    new_code = ott_code(token_id=tokens[Purpose.EMAIL_CHANGE_NEW].pk)
+    first = api.post(f"{BASE}/email/change/confirm", {"email": "after@example.com", "code": new_code}, format="json")
+    assert first.status_code == 200 and first.json()["changed"] is False
+    assert first.json()["user"]["email"] == "before@example.com"
+    old_code = ott_code(token_id=tokens[Purpose.EMAIL_CHANGE_CURRENT].pk)
+    second = api.post(f"{BASE}/email/change/confirm", {"email": "before@example.com", "code": old_code}, format="json")
+    assert second.json()["changed"] is True and second.json()["user"]["email"] == "after@example.com"
