@@ -446,3 +446,14 @@ def pkce_exchange(*, auth_code: str, code_verifier: str, now: datetime | None = 
     if claimed != 1:
         raise FlowStateNotFound()
     return token
+
+
+# --- housekeeping ----------------------------------------------------------------------------
+
+
+def ott_prune(*, now: datetime | None = None, older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete tokens that expired more than `older_than` ago (beat, hourly): past
+    every use (a verify, a PKCE exchange, the recovery session's password window)."""
+    now = now or timezone.now()
+    deleted, _ = OneTimeToken.objects.filter(expires_at__lt=now - older_than).delete()
+    return deleted

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from accounts.onetime import ott_prune
 from accounts.revocations import revocations_prune
 from accounts.services import public_users_repair
 
@@ -19,3 +20,9 @@ def repair_mirror() -> dict[str, int]:
     """The nightly users-sync repair (what `manage.py sync_users` does): backfill and fix mirror rows."""
     report = public_users_repair()
     return {"created": len(report.created), "updated": len(report.updated), "unchanged": report.unchanged}
+
+
+@shared_task(name="accounts.prune_one_time_tokens", acks_late=True, ignore_result=True)
+def prune_one_time_tokens() -> int:
+    """Drop one-time tokens expired for more than a day."""
+    return ott_prune()

@@ -587,6 +587,7 @@ except ValueError:
 CELERY_BEAT_SCHEDULE = {
     "referrals-sweep": {"task": "referrals.sweep", "schedule": float(REFERRAL_SWEEP_INTERVAL_SECONDS)},
     "accounts-prune-revocations": {"task": "accounts.prune_revocations", "schedule": 3600.0},
+    "accounts-prune-one-time-tokens": {"task": "accounts.prune_one_time_tokens", "schedule": 3600.0},
     "referrals-nightly-sync": {
         "task": "referrals.nightly_sync",
         "schedule": crontab(hour=_sync_hour, minute=_sync_minute),

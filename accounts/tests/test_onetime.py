@@ -16,6 +16,7 @@ from accounts.onetime import (
     ott_consume,
     ott_find,
     ott_issue,
+    ott_prune,
     send_interval_check,
 )
 from accounts.tests.factories import UserFactory
@@ -115,6 +116,20 @@ def test_a_second_email_to_an_address_within_the_interval_is_refused_known_or_no
         send_interval_check(address="SOMEONE@example.com", group="recovery", now=1010.0)
     assert refused.value.code == "over_email_send_rate_limit"
     send_interval_check(address="someone@example.com", group="magiclink", now=1010.0)  # another purpose
+
+
+def test_tokens_expired_for_a_day_are_pruned_and_live_ones_kept():
+    user = UserFactory()
+    old = _issue(user, now=timezone.now() - timedelta(days=2))
+    live = _issue(user, purpose=Purpose.MAGICLINK)
+    assert ott_prune() == 1
+    assert list(OneTimeToken.objects.values_list("pk", flat=True)) == [live.token.pk]
+    assert old.token.pk != live.token.pk
+
+
+def test_the_prune_runs_hourly_on_the_beat_schedule(settings):
+    entries = {entry["task"]: entry["schedule"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert entries["accounts.prune_one_time_tokens"] == 3600.0
 
 
 @pytest.mark.integration
