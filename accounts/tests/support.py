@@ -31,3 +31,16 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def gotrue_client(url: str, *, apikey: str, bearer: str | None = None):  # -> SyncGoTrueClient
+    """The official Supabase Auth Python client against a live server (`url`:
+    live_server.url), sending `apikey` (and `Authorization: Bearer <bearer>`,
+    as supabase-py's server client does with the service-role key); no
+    auto-refresh timer thread. Close it after use."""
+    from supabase_auth import SyncGoTrueClient  # a dev dependency: imported only by the tests that use it
+
+    headers = {"apikey": apikey}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    return SyncGoTrueClient(url=f"{url}/auth/v1", headers=headers, auto_refresh_token=False)
