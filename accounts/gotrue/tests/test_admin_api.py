@@ -379,6 +379,7 @@ def test_server_code_signs_a_user_out_everywhere_with_their_token(server, browse
     assert refresh.code == "refresh_token_not_found"
     logouts = [event for event in audit.pending() if event.kind == AuditEvent.Kind.LOGOUT]
     assert logouts[-1].user_id == user.pk and logouts[-1].detail["scope"] == "global"
+    assert logouts[-1].detail["actor"] == "service_role"
 
 
 def test_server_code_reads_a_user_from_their_jwt_with_the_service_role_key(server, browser):
