@@ -12,14 +12,17 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.test import APIClient
 from supabase_auth.errors import AuthError
 
+from accounts import services
 from accounts.gotrue.admin_views import go_duration
 from accounts.models import ApiKey, PublicUser, Session, User
+from accounts.revocations import feed as revocation_feed
 from accounts.selectors import user_get
 from accounts.services import api_key_create
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import gotrue_client
+from accounts.tests.support import api_login, bearer, gotrue_client
 from monitoring import audit
 from monitoring.models import AuditEvent
 from referrals.models import ReferralCode
@@ -397,8 +400,9 @@ def test_the_anon_key_and_a_users_token_get_403_not_admin_on_every_admin_route(l
     target = f"{ADMIN}/{user.pk}"
     routes = [("GET", ADMIN), ("POST", ADMIN), ("GET", target), ("PUT", target), ("DELETE", target)]
     for method, path in routes:
-        for bearer in (ANON_KEY, token):
-            response = _raw(live_server, method, path, key=ANON_KEY, bearer=bearer, json={"email": "x@example.com"})
+        for credential in (ANON_KEY, token):
+            body = {"email": "x@example.com"}
+            response = _raw(live_server, method, path, key=ANON_KEY, bearer=credential, json=body)
             assert (response.status_code, response.json()["code"]) == (403, "not_admin"), (method, path)
     assert User.objects.get(pk=user.pk).email == "notadmin@example.com"
     assert User.objects.count() == 1
@@ -433,3 +437,38 @@ def test_every_admin_action_is_audited_with_the_service_role_and_the_target_neve
     assert _admin_events(AuditEvent.Kind.ADMIN_USER_UPDATED)[0].detail["fields"] == "password,user_metadata"
     for event in audit.pending():
         assert STRONG not in str(event.detail) and STRONGER not in str(event.detail)
+
+
+# --- every node -------------------------------------------------------------------------------
+
+
+def _another_node_cannot_reach_the_cache(monkeypatch) -> None:
+    """What the next admin call writes reaches this process only as another node's
+    would when that node cannot reach Redis: the rows and the feed, no cache deletes."""
+    monkeypatch.setattr("accounts.revocations.tombstones_write", lambda kind, subjects: None)
+    monkeypatch.setattr("accounts.services.session_cache_invalidate", lambda session_ids: None)
+    monkeypatch.setattr("accounts.signals.user_cache_invalidate", lambda user_id: None)
+    monkeypatch.setattr("accounts.services.user_cache_invalidate", lambda user_id: None)
+    monkeypatch.setattr(revocation_feed, "note", lambda kind, subjects: None)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("action", ["ban", "delete", "soft delete"])
+def test_a_ban_or_delete_made_on_a_node_without_redis_reaches_the_others_through_the_feed(feed_on, monkeypatch, action):
+    user = UserFactory()
+    client = bearer(api_login(user.email)["access_token"])
+    _, raw_key = api_key_create(user=user, name="ci")
+    revocation_feed.poll()
+    assert client.get("/api/v1/auth/me").status_code == 200  # "active", cached
+    assert APIClient().get("/api/v1/auth/me", HTTP_X_API_KEY=raw_key).status_code == 200
+    _another_node_cannot_reach_the_cache(monkeypatch)
+    if action == "ban":
+        services.admin_user_update(user_id=user.pk, banned_until=timezone.now() + timedelta(hours=1))
+    else:
+        services.admin_user_delete(user_id=user.pk, soft=action == "soft delete")
+    monkeypatch.undo()
+    assert client.get("/api/v1/auth/me").status_code == 200  # this node's stale cache, until its next poll
+    feed_on.now += 0.5
+    assert revocation_feed.poll() >= 1
+    assert client.get("/api/v1/auth/me").status_code == 401
+    assert APIClient().get("/api/v1/auth/me", HTTP_X_API_KEY=raw_key).status_code == 401
