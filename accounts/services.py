@@ -627,11 +627,12 @@ def _admin_user(user_id: uuid.UUID) -> User:
     return user
 
 
-def _ban_enforce(*, user_id: uuid.UUID) -> None:
+def user_ban_enforce(*, user_id: uuid.UUID) -> None:
     """A ban is final like a logout, on every node: the sessions end (and their
     refresh tokens), and no cached state of the user is trusted any more (the
     revocation feed), in the banning transaction. The API keys stay, refused
-    while the ban lasts (selectors.api_key_user_get)."""
+    while the ban lasts (selectors.api_key_user_get). Called by the model's
+    post_save hook (accounts.signals), whoever set the ban."""
     user_sessions_end(user_id=user_id, reason="banned")
     user_revoke(user_id=user_id)
 
@@ -697,7 +698,7 @@ def admin_user_update(
     """GoTrue's PUT /admin/users/{id}; returns the user and the fields changed.
 
     A new password ends every session of the user (the model's password_replaced,
-    as on every path); a ban in the future ends them too (_ban_enforce);
+    as on every path); a ban in the future ends them too (user_ban_enforce);
     metadata is merged (metadata_merge, GoTrue's rule)."""
     user = _admin_user(user_id)
     changed: list[str] = []
@@ -730,9 +731,8 @@ def admin_user_update(
         with db_budget(), transaction.atomic():
             if "phone" in changed:
                 _phone_free(phone=user.phone, user_id=user.pk)
+            # A ban ends the sessions in this transaction (post_save: user_ban_enforce).
             user.save(update_fields=changed)
-            if "banned_until" in changed and user.is_banned():
-                _ban_enforce(user_id=user.pk)
     except IntegrityError as exc:
         raise _admin_conflict(exc) from None
     if "email" in changed:

@@ -472,3 +472,14 @@ def test_a_ban_or_delete_made_on_a_node_without_redis_reaches_the_others_through
     assert revocation_feed.poll() >= 1
     assert client.get("/api/v1/auth/me").status_code == 401
     assert APIClient().get("/api/v1/auth/me", HTTP_X_API_KEY=raw_key).status_code == 401
+
+
+@pytest.mark.django_db
+def test_a_ban_saved_by_any_path_ends_the_sessions_like_the_admin_apis():
+    user = UserFactory()
+    client = bearer(api_login(user.email)["access_token"])
+    assert client.get("/api/v1/auth/me").status_code == 200
+    user.banned_until = timezone.now() + timedelta(days=1)
+    user.save()  # the Django admin's form, the shell
+    assert Session.objects.get(user=user).revoked_reason == "banned"
+    assert client.get("/api/v1/auth/me").status_code == 401
