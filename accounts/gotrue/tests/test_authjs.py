@@ -161,6 +161,7 @@ def test_update_user_password_needs_current_password_then_ends_the_other_session
         password=DEFAULT_PASSWORD,
         updates=[
             {"password": STRONGER},
+            {"password": STRONGER, "current_password": ""},  # an empty form field: GoTrue's "required" too
             {"password": STRONGER, "current_password": "not the password"},
             {"password": DEFAULT_PASSWORD, "current_password": DEFAULT_PASSWORD},
             {"password": STRONGER, "current_password": DEFAULT_PASSWORD},
@@ -169,11 +170,12 @@ def test_update_user_password_needs_current_password_then_ends_the_other_session
     errors = [u["error"] and (u["error"]["name"], u["error"]["status"], u["error"]["code"]) for u in result["updates"]]
     assert errors == [
         ("AuthApiError", 400, "current_password_required"),
+        ("AuthApiError", 400, "current_password_required"),
         ("AuthApiError", 400, "current_password_invalid"),
         ("AuthApiError", 422, "same_password"),
         None,
     ]
-    assert result["updates"][3]["user"]["email"] == "js-password@example.com"
+    assert result["updates"][4]["user"]["email"] == "js-password@example.com"
     assert result["getUser"]["error"] is None  # this session survives its own change
     assert result["otherToken"]["error"]["name"] == "AuthSessionMissingError"
     assert answered(result, "user")[-1] == (403, "session_not_found")
