@@ -137,6 +137,35 @@ def test_refresh_session_rotates_the_refresh_token_and_the_client_keeps_the_new_
     assert Session.objects.get(user__email="js-refresh@example.com").refresh_tokens.count() == 2
 
 
+def test_set_session_adopts_a_session_from_elsewhere_then_reads_the_user_and_refreshes_it(authjs):
+    user = UserFactory(email="js-setsession@example.com")
+    result = authjs("setSession", email="js-setsession@example.com", password=DEFAULT_PASSWORD)
+    assert result["setSession"]["error"] is None
+    assert result["setSession"]["session"]["access_token"] == result["original"]["access_token"]
+    assert result["getUser"]["user"]["id"] == str(user.pk)
+    assert result["refresh"]["error"] is None
+    assert result["refresh"]["session"]["refresh_token"] != result["original"]["refresh_token"]
+
+
+def test_get_claims_returns_the_claims_of_the_signed_in_session(authjs):
+    user = UserFactory(email="js-claims@example.com")
+    result = authjs("getClaims", email="js-claims@example.com", password=DEFAULT_PASSWORD)
+    assert result["error"] is None
+    claims = result["claims"]
+    assert claims["sub"] == str(user.pk)
+    assert claims["email"] == "js-claims@example.com"
+    assert (claims["aud"], claims["role"], claims["aal"]) == ("authenticated", "authenticated", "aal1")
+    assert claims["session_id"] == str(Session.objects.get(user=user).pk)
+    assert claims["is_anonymous"] is False
+
+
+def test_sign_in_anonymously_is_anonymous_provider_disabled(authjs):
+    result = authjs("signInAnonymously")
+    error = result["error"]
+    assert (error["name"], error["status"], error["code"]) == ("AuthApiError", 422, "anonymous_provider_disabled")
+    assert result["session"] is None
+
+
 def test_update_user_merges_metadata(authjs):
     UserFactory(email="js-meta@example.com")
     result = authjs(

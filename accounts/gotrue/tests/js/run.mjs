@@ -218,6 +218,32 @@ const SCENARIOS = {
     return { first: sessionOf(first), refresh, storedSession: sessionOf(data.session), getUser }
   },
 
+  // A session handed over from elsewhere (a server-rendered page, another process):
+  // setSession({access_token, refresh_token}) in a fresh client, then getUser and a refresh.
+  async setSession(args, ctx) {
+    const session = await signedIn(makeClient(args, ctx), args.email, args.password)
+    const client = makeClient(args, ctx)
+    const setSession = answerOf(
+      await client.setSession({ access_token: session.access_token, refresh_token: session.refresh_token }),
+    )
+    const getUser = answerOf(await client.getUser())
+    const refresh = answerOf(await client.refreshSession())
+    return { original: sessionOf(session), setSession, getUser, refresh }
+  },
+
+  // getClaims() on the signed-in session: HS256 tokens are checked by the server (getUser),
+  // tokens with a kid against the JWKS; either way the claims come back.
+  async getClaims(args, ctx) {
+    const client = makeClient(args, ctx)
+    await signedIn(client, args.email, args.password)
+    const { data, error } = await client.getClaims()
+    return { claims: data?.claims ?? null, header: data?.header ?? null, error: errorOf(error) }
+  },
+
+  async signInAnonymously(args, ctx) {
+    return answerOf(await makeClient(args, ctx).signInAnonymously())
+  },
+
   // Sign in (and on another device), apply each of args.updates with updateUser (one answer
   // each), then getUser() here and getUser(jwt) with the other device's token.
   async updateUser(args, ctx) {
