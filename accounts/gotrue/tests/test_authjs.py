@@ -108,6 +108,23 @@ def test_a_wrong_password_is_an_auth_api_error_with_code_invalid_credentials_and
     assert result["storedSession"] is None
 
 
+def test_sign_in_over_the_rate_limit_is_over_request_rate_limit_with_a_readable_retry_after(authjs, settings):
+    settings.RATELIMIT_ENABLE = True
+    settings.RATELIMIT_LOGIN_IP = (2, 300)
+    UserFactory(email="js-limit@example.com")
+    for _ in range(2):
+        assert (
+            authjs("signInWithPassword", email="js-limit@example.com", password=DEFAULT_PASSWORD)["signIn"]["error"]
+            is None
+        )
+    limited = authjs("signInWithPassword", origin=ORIGIN, email="js-limit@example.com", password=DEFAULT_PASSWORD)
+    error = limited["signIn"]["error"]
+    assert (error["name"], error["status"], error["code"]) == ("AuthApiError", 429, "over_request_rate_limit")
+    assert limited["corsViolations"] == []
+    [exchange] = limited["requests"]
+    assert int(exchange["retryAfter"]) > 0
+
+
 def test_sign_up_with_a_weak_password_is_the_clients_weak_password_error(authjs):
     result = authjs("signUp", email="js-weak@example.com", password="short")
     error = result["signUp"]["error"]

@@ -97,7 +97,8 @@ function originAllowed(response, origin) {
   return allowed === '*' || allowed === origin
 }
 
-// fetch for the client: records {method, path, status, code} of every exchange in ctx.requests;
+// fetch for the client: records {method, path, status, code, retryAfter?} of every exchange in
+// ctx.requests (retryAfter: the Retry-After header, when the page can read it);
 // with an origin, behaves as a browser's fetch from that origin would (a preflight for what is
 // not a simple request, the allow-origin check on the answer, only the exposed headers
 // readable) and records each CORS failure in ctx.corsViolations, failing the request the way
@@ -162,6 +163,7 @@ function makeFetch(ctx, origin) {
         }
       }
     }
+    if (visible.has('retry-after')) entry.retryAfter = visible.get('retry-after')
     return new Response(body, { status: response.status, statusText: response.statusText, headers: visible })
   }
 }
