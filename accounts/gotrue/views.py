@@ -240,7 +240,7 @@ class UserView(GoTrueView):
             raise GoTrueError(400, "phone_provider_disabled", "Phone changes are disabled")
         password = data.get("password")
         if password:
-            self._password_change(request, password, data.get("current_password"))
+            self._password_change(request, password, data.get("current_password") or None)
         if data.get("data") is not None:
             user = services.user_update_profile(user_id=user.pk, user_metadata=data["data"])
         elif password:
