@@ -275,6 +275,53 @@ const SCENARIOS = {
     return { signOut, storedSession: sessionOf(stored), thisToken, otherToken, thisRefresh }
   },
 
+  // Server code with the service-role key (args.apikey, also sent as the bearer, as supabase-js
+  // does with its key) through auth.admin.*, over one user's life: create, list a page, get,
+  // update, the user signs in and is signed out with their token, ban (sign-in refused), lift
+  // the ban, delete. args.anonKey: the user's own client, and a call with it (not_admin).
+  async admin(args, ctx) {
+    const bearer = { ...(args.headers ?? {}), Authorization: `Bearer ${args.apikey}` }
+    const server = makeClient({ ...args, headers: bearer }, ctx)
+    const userArgs = { ...args, apikey: args.anonKey }
+    const out = {}
+    const created = await server.admin.createUser({
+      email: args.email,
+      password: args.password,
+      email_confirm: true,
+      user_metadata: { full_name: 'Ada Lovelace' },
+      app_metadata: { plan: 'pro' },
+    })
+    out.create = answerOf(created)
+    const id = created.data.user?.id
+    const page = await server.admin.listUsers({ page: 1, perPage: args.perPage ?? 1 })
+    out.list = {
+      ids: (page.data.users ?? []).map((user) => user.id),
+      aud: page.data.aud ?? null,
+      nextPage: page.data.nextPage ?? null,
+      lastPage: page.data.lastPage ?? null,
+      total: page.data.total ?? null,
+      error: errorOf(page.error),
+    }
+    out.get = answerOf(await server.admin.getUserById(id))
+    out.update = answerOf(await server.admin.updateUserById(id, { user_metadata: { theme: 'dark' } }))
+    const session = await signedIn(makeClient(userArgs, ctx), args.email, args.password)
+    out.signOut = { error: errorOf((await server.admin.signOut(session.access_token, 'global')).error) }
+    out.afterSignOut = answerOf(await makeClient(userArgs, ctx).getUser(session.access_token))
+    const banned = await server.admin.updateUserById(id, { ban_duration: '24h' })
+    out.ban = { ...answerOf(banned), banned_until: banned.data.user?.banned_until ?? null }
+    out.bannedSignIn = answerOf(
+      await makeClient(userArgs, ctx).signInWithPassword({ email: args.email, password: args.password }),
+    )
+    out.unban = answerOf(await server.admin.updateUserById(id, { ban_duration: 'none' }))
+    out.signInAfterUnban = answerOf(
+      await makeClient(userArgs, ctx).signInWithPassword({ email: args.email, password: args.password }),
+    )
+    out.delete = { error: errorOf((await server.admin.deleteUser(id)).error) }
+    out.afterDelete = answerOf(await server.admin.getUserById(id))
+    out.anonKey = { error: errorOf((await makeClient(userArgs, ctx).admin.listUsers()).error) }
+    return out
+  },
+
   // One raw request through auth-js's own request helper and error parser (what every client
   // method uses), for endpoints no public method covers: {method, path, body?, jwt?, headers?}.
   async request(args, ctx) {
