@@ -15,7 +15,9 @@ a client that is not there to receive it.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 from django.db import transaction
@@ -51,8 +53,9 @@ def _authenticate(
     )
     try:
         return services.user_authenticate(user=user, password=password, request=request), account
-    except InvalidCredentials:
-        audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **_surface(surface))
+    except InvalidCredentials as exc:
+        banned = {"reason": "banned"} if isinstance(exc, services.UserBanned) else {}
+        audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **banned, **_surface(surface))
         raise
     except Overloaded:
         # Shed before any verify: no guess was spent, so the failure counted
@@ -424,7 +427,7 @@ def link_generate(
     user = selectors.user_for_login(email=email)
     if user is None:
         if kind == "recovery":
-            raise onetime.UserNotFound()
+            raise onetime.UserNotFoundByEmail()
         if kind == "magiclink":
             kind = "signup"
     if kind in ("signup", "invite"):
@@ -443,3 +446,42 @@ def link_generate(
         verification_type=kind,
         redirect_to=redirect_to,
     )
+
+
+# --- the admin API (service role) ---------------------------------------------------------
+#
+# Every admin action is audited with the actor (the service role) and the
+# target user; the detail names the fields changed, never their values.
+
+SERVICE_ROLE = "service_role"
+
+
+def _admin(surface: str) -> dict[str, str]:
+    return {"actor": SERVICE_ROLE, **_surface(surface)}
+
+
+def admin_user_create(*, request: HttpRequest, surface: str = "gotrue", **fields: Any) -> User:
+    user = services.admin_user_create(request=request, **fields)
+    detail = _admin(surface)
+    audit.record(AuditEvent.Kind.ADMIN_USER_CREATED, request, user_id=user.pk, **detail)
+    if user.banned_until is not None:
+        audit.record(AuditEvent.Kind.ADMIN_USER_BANNED, request, user_id=user.pk, until=user.banned_until, **detail)
+    return user
+
+
+def admin_user_update(*, request: HttpRequest, user_id: uuid.UUID, surface: str = "gotrue", **fields: Any) -> User:
+    user, changed = services.admin_user_update(request=request, user_id=user_id, **fields)
+    detail = _admin(surface)
+    if changed:
+        audit.record(AuditEvent.Kind.ADMIN_USER_UPDATED, request, user_id=user.pk, fields=",".join(changed), **detail)
+    if "banned_until" in changed:
+        if user.is_banned():
+            audit.record(AuditEvent.Kind.ADMIN_USER_BANNED, request, user_id=user.pk, until=user.banned_until, **detail)
+        else:
+            audit.record(AuditEvent.Kind.ADMIN_USER_UNBANNED, request, user_id=user.pk, **detail)
+    return user
+
+
+def admin_user_delete(*, request: HttpRequest, user_id: uuid.UUID, soft: bool, surface: str = "gotrue") -> None:
+    services.admin_user_delete(user_id=user_id, soft=soft)
+    audit.record(AuditEvent.Kind.ADMIN_USER_DELETED, request, user_id=user_id, soft=soft, **_admin(surface))

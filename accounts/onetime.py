@@ -116,7 +116,7 @@ class EmailExists(ApiError):
     detail = "A user with this email address has already been registered"
 
 
-class UserNotFound(ApiError):
+class UserNotFoundByEmail(ApiError):
     status = 404
     code = "user_not_found"
     detail = "User with this email not found"

@@ -67,6 +67,12 @@ def _apikey(request: Request) -> str:
     return request.META.get("HTTP_APIKEY") or request.query_params.get("apikey") or ""
 
 
+def apikey_role(request: Request) -> str | None:
+    """What the request's `apikey` stands for (key_role): e.g. server code
+    calling /logout with a user's token and the service-role key."""
+    return key_role(_apikey(request))
+
+
 def apikey_check(request: Request) -> None:
     """With a project key configured (SUPABASE_ANON_KEY or
     SUPABASE_SERVICE_ROLE_KEY), the request must carry one of them as `apikey`."""

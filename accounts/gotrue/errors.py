@@ -32,9 +32,9 @@ from accounts.onetime import (
     FlowStateNotFound,
     OneTimeTokenInvalid,
     ReauthenticationNotValid,
-    UserNotFound,
+    UserNotFoundByEmail,
 )
-from accounts.services import RefreshTokenRejected, SamePassword
+from accounts.services import RefreshTokenRejected, SamePassword, UserBanned
 from velro.errors import (
     RETRY_AFTER_SECONDS,
     ApiError,
@@ -166,7 +166,7 @@ _ONE_TIME_ERRORS = (
     EmailNotConfirmed,
     EmailExists,
     ReauthenticationNotValid,
-    UserNotFound,
+    UserNotFoundByEmail,
     FlowStateNotFound,
     FlowStateExpired,
     BadCodeVerifier,
@@ -200,6 +200,8 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
     """The GoTrue error for an exception raised under /auth/v1/, or None (a bug)."""
     if isinstance(exc, GoTrueError):
         return exc
+    if isinstance(exc, UserBanned):
+        return GoTrueError(400, "user_banned", "User is banned")
     if isinstance(exc, InvalidCredentials):
         return GoTrueError(400, "invalid_credentials", "Invalid login credentials")
     if isinstance(exc, RefreshTokenReused):

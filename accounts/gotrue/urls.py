@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from accounts.gotrue import onetime_views, views
+from accounts.gotrue import admin_views, onetime_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -18,7 +18,10 @@ urlpatterns = [
     path("admin/generate_link", onetime_views.GenerateLinkView.as_view(), name="gotrue-admin-generate-link"),
     path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
     path("health", views.HealthView.as_view(), name="gotrue-health"),
-    # Everything else GoTrue serves (authorize, factors, admin/...) is not
+    # The admin API (service role only): accounts/gotrue/admin_views.py.
+    path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
+    path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
+    # Everything else GoTrue serves (authorize, factors, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
 ]
