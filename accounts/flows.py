@@ -397,6 +397,7 @@ def user_invite(*, request: HttpRequest, email: str, user_metadata: dict | None 
     signs in (and confirms), and that session may set a password without a current one."""
     user = _invitee(email=email, user_metadata=user_metadata)
     onetime.ott_issue(user=user, purpose=Purpose.INVITE, sent_to=user.email, redirect_to=redirect_to)
+    audit.record(AuditEvent.Kind.ADMIN_USER_INVITED, request, user_id=user.pk, **_admin("gotrue"))
     return user
 
 
@@ -419,7 +420,13 @@ GENERATE_LINK_PURPOSES = {
 
 
 def link_generate(
-    *, kind: str, email: str, password: str = "", user_metadata: dict | None = None, redirect_to: str = ""
+    *,
+    request: HttpRequest,
+    kind: str,
+    email: str,
+    password: str = "",
+    user_metadata: dict | None = None,
+    redirect_to: str = "",
 ) -> GeneratedLink:
     """/admin/generate_link: the link and code, returned and not emailed (GoTrue's
     adminGenerateLink). An unknown address: signup/invite make the account, magiclink
@@ -438,6 +445,7 @@ def link_generate(
         user=user, purpose=GENERATE_LINK_PURPOSES[kind], sent_to=user.email, redirect_to=redirect_to, email=False
     )
     link = onetime.ott_link(token_id=token.token.pk, purpose=token.token.purpose, redirect_to=redirect_to)
+    audit.record(AuditEvent.Kind.ADMIN_LINK_GENERATED, request, user_id=user.pk, type=kind, **_admin("gotrue"))
     return GeneratedLink(
         user=user,
         action_link=link,

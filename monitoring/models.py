@@ -23,6 +23,8 @@ class AuditEvent(models.Model):
         ADMIN_USER_BANNED = "admin_user_banned"
         ADMIN_USER_UNBANNED = "admin_user_unbanned"
         ADMIN_USER_DELETED = "admin_user_deleted"
+        ADMIN_USER_INVITED = "admin_user_invited"  # /invite
+        ADMIN_LINK_GENERATED = "admin_link_generated"  # /admin/generate_link (detail: type)
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -371,6 +371,7 @@ class GenerateLinkView(AdminGoTrueView):
         redirect = requested if redirect_allowed(requested) else _redirect_to(request)
         try:
             generated = flows.link_generate(
+                request=request,
                 kind=kind,
                 email=email,
                 password=data.get("password") or "",

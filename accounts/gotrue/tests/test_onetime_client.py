@@ -4,6 +4,7 @@ listener the tests read the codes and links from."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,6 +17,8 @@ from supabase_auth.errors import AuthApiError
 from accounts.models import OneTimeToken, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tests.support import last_code_to, last_link_to, mail_to
+from monitoring import audit
+from monitoring.models import AuditEvent
 from notifications.models import EmailNotification
 from notifications.tests.support import _enqueue_breaker_closed, celery_worker, smtp_server  # noqa: F401
 
@@ -282,6 +285,9 @@ def test_an_invited_user_signs_in_with_the_emailed_code_and_sets_a_password(admi
     with pytest.raises(AuthApiError) as again:  # confirmed now: no second invite
         admin.invite_user_by_email("invitee@example.com")
     assert again.value.code == "email_exists"
+    audit.flush()
+    invited_event = AuditEvent.objects.get(kind=AuditEvent.Kind.ADMIN_USER_INVITED)
+    assert invited_event.user_id == uuid.UUID(invited.user.id) and invited_event.detail["actor"] == "service_role"
 
 
 def test_generate_link_returns_a_recovery_link_and_code_without_sending_an_email(admin, client):
@@ -299,6 +305,9 @@ def test_generate_link_returns_a_recovery_link_and_code_without_sending_an_email
     assert magic.properties.verification_type == "signup"  # an unknown address is signed up, as GoTrue
     assert client.verify_otp({"email": "brand-new@example.com", "token": magic.properties.email_otp, "type": "signup"})
     assert not EmailNotification.objects.filter(event_key__startswith="ott:").exists()
+    audit.flush()
+    generated_kinds = AuditEvent.objects.filter(kind=AuditEvent.Kind.ADMIN_LINK_GENERATED)
+    assert sorted(event.detail["type"] for event in generated_kinds) == ["recovery", "signup"]
 
 
 def test_the_anon_key_cannot_generate_links(make_client, settings):
