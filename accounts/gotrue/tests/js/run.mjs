@@ -175,10 +175,28 @@ function makeClient(args, ctx) {
     url: args.url,
     headers: { ...(args.apikey ? { apikey: args.apikey } : {}), ...(args.headers ?? {}) },
     autoRefreshToken: false, // no timers: the scenarios refresh by hand
-    persistSession: false, // the session lives in this client's memory only
     detectSessionInUrl: false,
     fetch: makeFetch(ctx, args.origin),
+    // args.flowType 'pkce': the code verifier lives in a storage the scenario hands back
+    // (ctx.storage) and the next run is given again (args.storage), as a browser's
+    // localStorage outlives the redirect. Otherwise the session lives in memory only.
+    ...(args.flowType === 'pkce'
+      ? { flowType: 'pkce', persistSession: true, storage: handedStorage(args, ctx) }
+      : { persistSession: false }),
   })
+}
+
+function handedStorage(args, ctx) {
+  ctx.storage = { ...(args.storage ?? {}) }
+  return {
+    getItem: (key) => (key in ctx.storage ? ctx.storage[key] : null),
+    setItem: (key, value) => {
+      ctx.storage[key] = value
+    },
+    removeItem: (key) => {
+      delete ctx.storage[key]
+    },
+  }
 }
 
 async function signedIn(client, email, password) {
@@ -190,6 +208,42 @@ async function signedIn(client, email, password) {
 // --- scenarios -----------------------------------------------------------------------------
 
 const SCENARIOS = {
+  // Ask for an email with a code and a link: args.action 'recover' (resetPasswordForEmail)
+  // or 'otp' (signInWithOtp; args.createUser). Returns the answer and, for PKCE, the storage.
+  async requestEmail(args, ctx) {
+    const client = makeClient(args, ctx)
+    const answer =
+      args.action === 'recover'
+        ? await client.resetPasswordForEmail(args.email, { redirectTo: args.redirectTo })
+        : await client.signInWithOtp({
+            email: args.email,
+            options: { emailRedirectTo: args.redirectTo, shouldCreateUser: args.createUser ?? true },
+          })
+    return { error: errorOf(answer.error), storage: ctx.storage ?? null }
+  },
+
+  // verifyOtp({email, token, type}) (or {token_hash, type}), then each of args.updates with
+  // updateUser (a recovery session setting a new password), then getUser().
+  async verifyOtp(args, ctx) {
+    const client = makeClient(args, ctx)
+    const params = args.tokenHash
+      ? { token_hash: args.tokenHash, type: args.type }
+      : { email: args.email, token: args.token, type: args.type }
+    const verify = answerOf(await client.verifyOtp(params))
+    const updates = []
+    for (const attributes of args.updates ?? []) updates.push(answerOf(await client.updateUser(attributes)))
+    const getUser = verify.error ? null : answerOf(await client.getUser())
+    return { verify, updates, getUser }
+  },
+
+  // exchangeCodeForSession(args.authCode) with the storage a requestEmail run handed back.
+  async exchangeCode(args, ctx) {
+    const client = makeClient({ ...args, flowType: 'pkce' }, ctx)
+    const exchange = answerOf(await client.exchangeCodeForSession(args.authCode))
+    const getUser = exchange.error ? null : answerOf(await client.getUser())
+    return { exchange, redirectType: null, getUser }
+  },
+
   // signUp, then getUser() and getSession() from the client's own state.
   async signUp(args, ctx) {
     const client = makeClient(args, ctx)
