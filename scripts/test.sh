@@ -76,7 +76,7 @@ if (($# == 0)); then
 		accounts/tests/test_signup.py accounts/tests/test_login.py accounts/tests/test_refresh.py \
 		accounts/tests/test_logout.py accounts/tests/test_me.py accounts/tests/test_api_keys.py \
 		accounts/tests/test_tokens.py accounts/tests/test_users_sync.py accounts/gotrue/tests/test_http.py \
-		accounts/tests/test_onetime.py accounts/tests/test_onetime_api.py \
+		accounts/tests/test_onetime.py accounts/tests/test_onetime_api.py accounts/gotrue/tests/test_onetime_http.py \
 		referrals/tests/test_services.py referrals/tests/test_api.py referrals/tests/test_codes.py \
 		notifications/tests/test_services.py
 fi
