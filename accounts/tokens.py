@@ -8,17 +8,22 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 import jwt
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
+from accounts import signing
 from velro.localcache import LocalCache
 
-ALGORITHM = "HS256"
+# Tokens signed before the asymmetric keys (no kid) use this, with a shared
+# secret; verified only while JWT_LEGACY_HS256_VERIFY allows it.
+LEGACY_ALGORITHM = "HS256"
 ACCESS_TYPE = "access"
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "sid", "typ"]
 
@@ -42,6 +47,7 @@ def derived_key(purpose: str) -> bytes:
 
 
 def jwt_key() -> bytes:
+    """The native surface's legacy HS256 secret (JWT_SECRET, else derived)."""
     if settings.JWT_SECRET:
         return settings.JWT_SECRET.encode()
     return derived_key("jwt")
@@ -61,19 +67,68 @@ def access_token_encode(*, user_id: uuid.UUID, session_id: uuid.UUID, now: datet
         "nbf": issued,
         "exp": expires_at,
     }
-    return jwt.encode(claims, jwt_key(), algorithm=ALGORITHM), expires_at
+    return jwt_sign(claims), expires_at
 
 
-def jwt_verify(token: str, *, key: bytes, audience: str, issuer: str, required: list[str]) -> dict:
-    """Verify an HS256 JWT strictly; InvalidAccessToken for anything wrong with it.
+def jwt_sign(claims: dict) -> str:
+    """Sign with the active key, its `kid` in the header (both surfaces)."""
+    signer = signing.keys.signer()
+    return jwt.encode(claims, signer.private_key, algorithm=signer.algorithm, headers={"kid": signer.kid})
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    identity: Hashable  # what the verified-token cache keys on
+    key: Any
+    algorithm: str
+
+
+def jwt_verification_key(token: str, *, legacy_key: bytes) -> VerificationKey:
+    """The one key (and the one algorithm) a token may be verified with.
+
+    A token with a `kid` is verified only with that stored key and that key's
+    own algorithm (an allowlist of one: never "none", and never HS256 with a
+    public key, so no key confusion); the key must be active, standby or
+    retired within the access-token lifetime (accounts.signing). An HS256
+    token is verified with the surface's legacy secret while
+    JWT_LEGACY_HS256_VERIFY allows it. Anything else is refused.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidAccessToken(str(exc)) from None
+    algorithm = header.get("alg")
+    if algorithm == LEGACY_ALGORITHM:
+        if not settings.JWT_LEGACY_HS256_VERIFY:
+            raise InvalidAccessToken("HS256 tokens are no longer accepted")
+        return VerificationKey(identity=(LEGACY_ALGORITHM, legacy_key), key=legacy_key, algorithm=LEGACY_ALGORITHM)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidAccessToken("no key id")
+    verifier = signing.keys.verifier(kid)
+    if verifier is None:
+        raise InvalidAccessToken("unknown or revoked key id")
+    if algorithm != verifier.algorithm:
+        raise InvalidAccessToken("algorithm not allowed for this key")
+    return VerificationKey(identity=kid, key=verifier.public_key, algorithm=verifier.algorithm)
+
+
+def jwt_verify(token: str, *, legacy_key: bytes, audience: str, issuer: str, required: list[str]) -> dict:
+    """Verify a JWT strictly; InvalidAccessToken for anything wrong with it.
 
     Shared by both surfaces (the native tokens here, GoTrue's in accounts.gotrue).
     """
+    return jwt_decode_with(
+        token, jwt_verification_key(token, legacy_key=legacy_key), audience=audience, issuer=issuer, required=required
+    )
+
+
+def jwt_decode_with(token: str, key: VerificationKey, *, audience: str, issuer: str, required: list[str]) -> dict:
     try:
         return jwt.decode(
             token,
-            key,
-            algorithms=[ALGORITHM],  # allowlist: never "none", never a key-confusion alg
+            key.key,
+            algorithms=[key.algorithm],  # allowlist of one, the key's own
             audience=audience,
             issuer=issuer,
             leeway=settings.JWT_LEEWAY_SECONDS,
@@ -83,10 +138,12 @@ def jwt_verify(token: str, *, key: bytes, audience: str, issuer: str, required: 
         raise InvalidAccessToken(str(exc)) from None
 
 
-# Access tokens this process has verified: (token, key, audience, issuer) ->
-# (claims, not before). A token is re-sent with every request of its 15
-# minutes; its signature and claims cannot change, so only the time checks are
-# repeated on a hit. Bounded; emptied when full.
+# Access tokens this process has verified: (token, key identity, audience,
+# issuer) -> (claims, not before). A token is re-sent with every request of its
+# 15 minutes; its signature and claims cannot change, so only the time checks
+# are repeated on a hit. The key is resolved first on every request (a dict
+# lookup in the process's key set), so a revoked key, or HS256 turned off,
+# stops its cached tokens too. Bounded; emptied when full.
 _verified = LocalCache(max_entries=20_000)
 
 
@@ -96,8 +153,8 @@ def verified_clear() -> None:
 
 
 def access_token_decode(token: str) -> AccessClaims:
-    key = jwt_key()
-    cache_key = (token, key, settings.JWT_AUDIENCE, settings.JWT_ISSUER)
+    key = jwt_verification_key(token, legacy_key=jwt_key())
+    cache_key = (token, key.identity, settings.JWT_AUDIENCE, settings.JWT_ISSUER)
     hit = _verified.get(cache_key, settings.ACCESS_TOKEN_TTL_SECONDS)
     if hit is not None:
         claims, not_before = hit
@@ -106,7 +163,9 @@ def access_token_decode(token: str) -> AccessClaims:
             return claims
         _verified.pop(cache_key)
     verified = _access_claims(
-        jwt_verify(token, key=key, audience=settings.JWT_AUDIENCE, issuer=settings.JWT_ISSUER, required=REQUIRED_CLAIMS)
+        jwt_decode_with(
+            token, key, audience=settings.JWT_AUDIENCE, issuer=settings.JWT_ISSUER, required=REQUIRED_CLAIMS
+        )
     )
     _verified.set(cache_key, verified)
     return verified[0]

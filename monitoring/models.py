@@ -17,6 +17,7 @@ class AuditEvent(models.Model):
         PASSWORD_CHANGE = "password_change"
         API_KEY_CREATED = "api_key_created"
         API_KEY_REVOKED = "api_key_revoked"
+        SIGNING_KEY_CHANGED = "signing_key_changed"
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -1,5 +1,6 @@
 from django.urls import path, re_path
 
+from accounts import jwks
 from accounts.gotrue import views
 from accounts.gotrue.errors import gotrue_not_found
 
@@ -10,6 +11,7 @@ urlpatterns = [
     path("logout", views.LogoutView.as_view(), name="gotrue-logout"),
     path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
     path("health", views.HealthView.as_view(), name="gotrue-health"),
+    path(".well-known/jwks.json", jwks.GoTrueJwksView.as_view(), name="gotrue-jwks"),
     # Everything else GoTrue serves (otp, verify, recover, authorize, factors,
     # admin/...) is not implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
