@@ -131,8 +131,10 @@ def _audit(key: SigningKey, *, action: str, previous: str, actor: str) -> None:
 
 
 def _changed() -> None:
-    # This process sees the change at once; the others within their cache TTL
-    # (or at once, for a kid they have not seen).
+    # This process sees the change at once (and again after the commit, in case
+    # another thread reloaded in between); the others within their cache TTL,
+    # or at once for a kid they have not seen.
+    keys.invalidate()
     transaction.on_commit(keys.invalidate)
 
 
@@ -298,14 +300,17 @@ class KeyStore:
         self._ring = None
 
     def ring(self) -> KeyRing:
+        return self._ring_and_reloaded()[0]
+
+    def _ring_and_reloaded(self) -> tuple[KeyRing, bool]:
         ring = self._ring
         if ring is not None and self.clock() - self._loaded_at < settings.JWT_SIGNING_KEYS_CACHE_SECONDS:
-            return ring
+            return ring, False
         with self._lock:
             ring = self._ring  # another thread may have reloaded while this one waited
             if ring is not None and self.clock() - self._loaded_at < settings.JWT_SIGNING_KEYS_CACHE_SECONDS:
-                return ring
-            return self._load()
+                return ring, False
+            return self._load(), True
 
     def _load(self) -> KeyRing:
         # A failure (PostgreSQL unreachable) propagates: the request answers 503
@@ -351,10 +356,11 @@ class KeyStore:
 
     def verifier(self, kid: str) -> Verifier | None:
         """The key `kid` names, if it may verify now; None for unknown, revoked or expired-retired."""
-        found = self.ring().verifiers.get(kid)
+        ring, reloaded = self._ring_and_reloaded()
+        found = ring.verifiers.get(kid)
         if found is None:
             now = self.clock()
-            if now - self._unknown_reload_at < UNKNOWN_KID_RELOAD_SECONDS:
+            if reloaded or now - self._unknown_reload_at < UNKNOWN_KID_RELOAD_SECONDS:
                 return None
             self._unknown_reload_at = now
             with self._lock:
