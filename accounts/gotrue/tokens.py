@@ -19,7 +19,7 @@ from datetime import datetime
 from django.conf import settings
 
 from accounts.models import NO_EMAIL_DOMAIN, User
-from accounts.tokens import InvalidAccessToken, derived_key, jwt_sign, jwt_verify
+from accounts.tokens import InvalidAccessToken, derived_key, jwt_sign, jwt_verify_cached
 
 ROLE = "authenticated"
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "session_id"]
@@ -79,15 +79,20 @@ def gotrue_access_token_encode(
     return jwt_sign(claims)
 
 
+def _gotrue_claims(claims: dict) -> GoTrueClaims:
+    return GoTrueClaims(user_id=uuid.UUID(str(claims["sub"])), session_id=uuid.UUID(str(claims["session_id"])))
+
+
 def gotrue_access_token_decode(token: str) -> GoTrueClaims:
+    # Verified once per process and token, like the native tokens (accounts.tokens).
     try:
-        claims = jwt_verify(
+        return jwt_verify_cached(
             token,
             legacy_key=gotrue_jwt_key(),
             audience=settings.GOTRUE_JWT_AUDIENCE,
             issuer=settings.GOTRUE_ISSUER,
             required=REQUIRED_CLAIMS,
+            parse=_gotrue_claims,
         )
-        return GoTrueClaims(user_id=uuid.UUID(str(claims["sub"])), session_id=uuid.UUID(str(claims["session_id"])))
     except (InvalidAccessToken, ValueError, TypeError, AttributeError) as exc:
         raise InvalidGoTrueToken(str(exc)) from None
