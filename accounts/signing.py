@@ -29,6 +29,7 @@ key promoted on another node verifies here on its first token.
 from __future__ import annotations
 
 import base64
+import logging
 import threading
 import time
 import uuid
@@ -58,6 +59,8 @@ RSA_KEY_BITS = 2048
 # of made-up kids costs PostgreSQL one small query per second per process.
 UNKNOWN_KID_RELOAD_SECONDS = 1.0
 ENCRYPTION_PURPOSE = "signing-keys"
+
+logger = logging.getLogger("velro.signing")
 
 
 class SigningKeyError(Exception):
@@ -227,9 +230,11 @@ def signing_key_create_active() -> SigningKey:
     try:
         with transaction.atomic():
             key.save(force_insert=True)
-            _audit(key, action="create_active", previous="", actor="first signing")
     except IntegrityError:
         return SigningKey.objects.get(state=SigningKeyState.ACTIVE)
+    # Logged, not an audit event: the audit trail records what people did (the
+    # signing_keys command); the row's created_at records this too.
+    logger.warning("no active signing key: created %s (%s)", key.kid, key.algorithm)
     _changed()
     return key
 
