@@ -234,7 +234,7 @@ def signing_key_create_active() -> SigningKey:
         return SigningKey.objects.get(state=SigningKeyState.ACTIVE)
     # Logged, not an audit event: the audit trail records what people did (the
     # signing_keys command); the row's created_at records this too.
-    logger.warning("no active signing key: created %s (%s)", key.kid, key.algorithm)
+    logger.info("no active signing key: created %s (%s)", key.kid, key.algorithm)
     _changed()
     return key
 

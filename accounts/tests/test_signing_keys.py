@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import re
 import threading
 from datetime import timedelta
@@ -76,6 +77,7 @@ def b64url(data: bytes) -> str:
 
 
 def test_the_first_signing_creates_one_active_es256_key_whose_kid_every_token_carries(user, caplog):
+    caplog.set_level(logging.INFO, logger="velro.signing")
     assert not SigningKey.objects.exists()
     native, gotrue = both_tokens(user)
     key = SigningKey.objects.get()
