@@ -68,10 +68,24 @@ class UserAdmin(BaseUserAdmin):
     list_display = ("email", "username", "display_name", "role", "is_active", "is_staff", "date_joined")
     list_filter = ("profile__role", "is_active", "is_staff", "date_joined")
     search_fields = ("email", "username", "display_name")
-    readonly_fields = ("id", "date_joined", "last_login")
+    readonly_fields = ("id", "date_joined", "last_login", "deleted_at")
     fieldsets = (
         (None, {"fields": ("id", "email", "username", "display_name", "password")}),
-        ("Status", {"fields": ("is_active", "is_staff", "is_superuser", "groups", "user_permissions")}),
+        (
+            "Status",
+            {
+                # banned_until: a ban saved here ends the user's sessions (accounts.signals.user_banned).
+                "fields": (
+                    "is_active",
+                    "banned_until",
+                    "deleted_at",
+                    "is_staff",
+                    "is_superuser",
+                    "groups",
+                    "user_permissions",
+                )
+            },
+        ),
         ("Dates", {"fields": ("date_joined", "last_login")}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "username", "password1", "password2")}),)

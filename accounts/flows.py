@@ -15,6 +15,9 @@ a client that is not there to receive it.
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from django.http import HttpRequest
 
 from accounts import selectors, services, throttles
@@ -45,8 +48,9 @@ def _authenticate(
     )
     try:
         return services.user_authenticate(user=user, password=password, request=request), account
-    except InvalidCredentials:
-        audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **_surface(surface))
+    except InvalidCredentials as exc:
+        banned = {"reason": "banned"} if isinstance(exc, services.UserBanned) else {}
+        audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **banned, **_surface(surface))
         raise
     except Overloaded:
         # Shed before any verify: no guess was spent, so the failure counted
@@ -114,3 +118,42 @@ def token_refresh(*, request: HttpRequest, refresh_token: str, surface: str = "n
 def _surface(surface: str) -> dict[str, str]:
     # Native events carry no tag (as before the GoTrue surface existed).
     return {} if surface == "native" else {"surface": surface}
+
+
+# --- the admin API (service role) ---------------------------------------------------------
+#
+# Every admin action is audited with the actor (the service role) and the
+# target user; the detail names the fields changed, never their values.
+
+SERVICE_ROLE = "service_role"
+
+
+def _admin(surface: str) -> dict[str, str]:
+    return {"actor": SERVICE_ROLE, **_surface(surface)}
+
+
+def admin_user_create(*, request: HttpRequest, surface: str = "gotrue", **fields: Any) -> User:
+    user = services.admin_user_create(request=request, **fields)
+    detail = _admin(surface)
+    audit.record(AuditEvent.Kind.ADMIN_USER_CREATED, request, user_id=user.pk, **detail)
+    if user.banned_until is not None:
+        audit.record(AuditEvent.Kind.ADMIN_USER_BANNED, request, user_id=user.pk, until=user.banned_until, **detail)
+    return user
+
+
+def admin_user_update(*, request: HttpRequest, user_id: uuid.UUID, surface: str = "gotrue", **fields: Any) -> User:
+    user, changed = services.admin_user_update(request=request, user_id=user_id, **fields)
+    detail = _admin(surface)
+    if changed:
+        audit.record(AuditEvent.Kind.ADMIN_USER_UPDATED, request, user_id=user.pk, fields=",".join(changed), **detail)
+    if "banned_until" in changed:
+        if user.is_banned():
+            audit.record(AuditEvent.Kind.ADMIN_USER_BANNED, request, user_id=user.pk, until=user.banned_until, **detail)
+        else:
+            audit.record(AuditEvent.Kind.ADMIN_USER_UNBANNED, request, user_id=user.pk, **detail)
+    return user
+
+
+def admin_user_delete(*, request: HttpRequest, user_id: uuid.UUID, soft: bool, surface: str = "gotrue") -> None:
+    services.admin_user_delete(user_id=user_id, soft=soft)
+    audit.record(AuditEvent.Kind.ADMIN_USER_DELETED, request, user_id=user_id, soft=soft, **_admin(surface))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser, BaseUserManager
@@ -70,6 +71,12 @@ class User(AbstractBaseUser, PermissionsMixin):
     email_confirmed_at = models.DateTimeField(null=True, blank=True)
     # GoTrue's is_anonymous (`is_anonymous` itself is Django's, always False for a user).
     is_anonymous_user = models.BooleanField(default=False)
+    # GoTrue's ban (admin API ban_duration): no sign-in or refresh until then.
+    # Unlike is_active=False it ends by itself; the ban ends the sessions at once.
+    banned_until = models.DateTimeField(null=True, blank=True)
+    # GoTrue's soft delete (admin API should_soft_delete): the row stays
+    # (inactive, address freed) for what refers to it.
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     objects = UserManager()
 
@@ -83,6 +90,8 @@ class User(AbstractBaseUser, PermissionsMixin):
             models.UniqueConstraint(Lower("email"), name="auth_users_email_ci_unique"),
             models.UniqueConstraint(Lower("username"), name="auth_users_username_ci_unique"),
         ]
+        # The admin API's user list: newest first, a page at a time.
+        indexes = [models.Index(fields=["-date_joined", "-id"], name="auth_users_joined_desc")]
 
     def __str__(self) -> str:
         return self.email
@@ -101,6 +110,9 @@ class User(AbstractBaseUser, PermissionsMixin):
     def set_unusable_password(self) -> None:
         super().set_unusable_password()
         self._password_replaced = True
+
+    def is_banned(self, now: datetime | None = None) -> bool:
+        return self.banned_until is not None and self.banned_until > (now or timezone.now())
 
     def check_password(self, raw_password: str) -> bool:
         def upgrade(raw: str) -> None:

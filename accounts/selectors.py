@@ -177,6 +177,7 @@ def _user_entry(user: User, generation: int) -> dict[str, Any]:
         "user_metadata": user.user_metadata,
         "app_metadata": user.app_metadata,
         "is_anonymous_user": user.is_anonymous_user,
+        "banned_until": _iso(user.banned_until),
         # The extra fields, flat (the snapshot's shape does not depend on who adds them).
         **{name: field.read(user) for name, field in _user_fields.items()},
     }
@@ -202,6 +203,7 @@ _CORE_ENTRY_KEYS = frozenset(
         "user_metadata",
         "app_metadata",
         "is_anonymous_user",
+        "banned_until",
     )
 )
 
@@ -231,6 +233,8 @@ def _user_from_entry(entry: dict[str, Any]) -> User:
         user_metadata=entry["user_metadata"],
         app_metadata=entry["app_metadata"],
         is_anonymous_user=entry["is_anonymous_user"],
+        # .get: entries cached before the admin API had no ban.
+        banned_until=_datetime(entry.get("banned_until")),
         password="!",  # the hash is never cached; this snapshot cannot log in
     )
     user._state.adding = False
@@ -261,7 +265,7 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
             session_l1.clear()
         hit = session_l1.get(str(session_id), settings.AUTH_L1_TTL_SECONDS)
         if hit is not None and _usable(hit[0], user_id, now) and feed.trusts_cached(*subjects):
-            return _user_from_entry(hit[1])
+            return None if _entry_banned(hit[1], now) else _user_from_entry(hit[1])
     skey, ukey = session_key(session_id), user_key(user_id)
     found = safe_cache.get_many([skey, ukey, *_tombstones(*subjects), GENERATION_KEY], counted=[skey, ukey])
     generation = safe_cache.generation(found)
@@ -270,7 +274,7 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
         # "Ended" is final: trusted whatever else is known.
         if state["revoked"] or state["user"] != str(user_id) or state["exp"] <= now.timestamp():
             return None
-        if snapshot is not None and not snapshot["is_active"]:
+        if snapshot is not None and (not snapshot["is_active"] or _entry_banned(snapshot, now)):
             return None
         if snapshot is not None and _trusted(found, *subjects):
             if l1:
@@ -289,11 +293,18 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
     }
     entry = _user_entry(user, generation)
     safe_cache.set_many({skey: state, ukey: entry})
-    if not (session.is_active(now) and user.is_active):
+    if not (session.is_active(now) and user.is_active) or user.is_banned(now):
         return None
     if l1:
         session_l1.set(str(session_id), (state, entry))
     return user
+
+
+def _entry_banned(entry: dict[str, Any], now: datetime) -> bool:
+    """A ban ends the user's sessions when it is set; this refuses a session a
+    login inserted while the ban was committing (its user read before the ban)."""
+    until = entry.get("banned_until")
+    return until is not None and parse_datetime(until) > now
 
 
 def _usable(state: dict[str, Any], user_id: uuid.UUID, now: datetime) -> bool:
@@ -322,7 +333,7 @@ def api_key_user_get(*, key_hash: str) -> tuple[User, uuid.UUID] | None:
     if record["revoked"]:
         return None
     user = user_get(user_id=uuid.UUID(record["user"]))
-    if user is None or not user.is_active:
+    if user is None or not user.is_active or user.is_banned():
         return None
     return user, uuid.UUID(record["id"])
 
@@ -364,3 +375,20 @@ def user_for_login(*, email: str | None = None, username: str | None = None) -> 
 def user_signed_in_from(*, user_id: uuid.UUID, ip: str | None) -> bool:
     """Has this account signed in from this address before (a session row says so)?"""
     return ip is not None and Session.objects.filter(user_id=user_id, ip=ip).exists()
+
+
+# --- the admin API -------------------------------------------------------------------
+
+
+def users_page(*, page: int, per_page: int) -> tuple[list[User], int]:
+    """One page of users, newest first (GoTrue's order), and the total: two
+    queries whatever the page size (the index auth_users_joined_desc serves the order)."""
+    offset = (page - 1) * per_page
+    users = list(User.objects.order_by("-date_joined", "-id")[offset : offset + per_page])
+    return users, User.objects.count()
+
+
+def user_admin_get(*, user_id: uuid.UUID) -> User | None:
+    """A user as the admin API shows it: read from PostgreSQL, not the cache
+    (an operator acting on a user sees its committed state)."""
+    return User.objects.filter(pk=user_id).first()

@@ -29,7 +29,16 @@ from rest_framework.exceptions import ErrorDetail, ValidationError
 from accounts import touch
 from accounts.apikeys import api_key_hash, api_key_new, api_key_prefix
 from accounts.events import user_signed_up
-from accounts.models import ApiKey, PublicUser, RefreshToken, RevocationKind, Session, User, normalize_email
+from accounts.models import (
+    NO_EMAIL_DOMAIN,
+    ApiKey,
+    PublicUser,
+    RefreshToken,
+    RevocationKind,
+    Session,
+    User,
+    normalize_email,
+)
 from accounts.revocations import revocation_record
 from accounts.selectors import (
     api_key_cache_invalidate,
@@ -73,6 +82,18 @@ class RefreshTokenRejected(InvalidRefreshToken):
     def __init__(self, *, reason: str) -> None:
         super().__init__()
         self.reason = reason
+
+
+class UserBanned(InvalidCredentials):
+    """The right password for a banned account (User.banned_until ahead): a
+    refused login like any other for the code that catches InvalidCredentials
+    (audit, the Django admin's sign-in), with its own answer (GoTrue: 400
+    user_banned). Only after the password matched: a wrong one is answered
+    invalid_credentials, so a ban is not shown to whoever guesses an address."""
+
+    status = 403
+    code = "user_banned"
+    detail = "User is banned"
 
 
 class SamePassword(ApiError):
@@ -211,6 +232,9 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
         if token is None:
             raise RefreshTokenRejected(reason="not_found")
         session = token.session
+        if session.user.is_banned(now):
+            # Before the session's own state: the ban ended it, and the answer says why (GoTrue's).
+            raise RefreshTokenRejected(reason="user_inactive")
         if session.revoked_at is not None:
             ended_by_reuse = session.revoked_reason == "refresh_reuse"
             raise RefreshTokenRejected(reason="reused" if ended_by_reuse else "session_ended")
@@ -353,10 +377,12 @@ def user_authenticate(*, user: User | None, password: str, request: HttpRequest 
         if user is None or not user.has_usable_password():
             password_verify_dummy(password=password)
             raise InvalidCredentials()
-        if not user.is_active:
+        if not user.is_active or user.is_banned():
             # The same verify, but nothing written: a refused login changes
             # nothing (no hash upgrade for a banned or deactivated account).
-            check_password(password, user.password)
+            matched = check_password(password, user.password)
+            if matched and user.is_active:
+                raise UserBanned()
             raise InvalidCredentials()
         # check_password upgrades a PBKDF2/bcrypt/weaker-argon2 hash on success.
         if not user.check_password(password):
@@ -558,3 +584,197 @@ def public_users_repair(*, batch_size: int = 1000) -> RepairReport:
         else:
             report.unchanged += 1
     return report
+
+
+# --- the admin API (service role) -------------------------------------------------
+
+
+class UserNotFound(ApiError):
+    status = 404
+    code = "user_not_found"
+    detail = "User not found"
+
+
+class PhoneTaken(Conflict):
+    code = "phone_taken"
+    detail = "Phone number already registered by another user"
+
+
+class UserIdTaken(Conflict):
+    code = "user_id_taken"
+    detail = "A user with this id already exists"
+
+
+def _admin_conflict(exc: IntegrityError) -> Conflict:
+    diag = getattr(exc.__cause__, "diag", None)
+    constraint = getattr(diag, "constraint_name", None) or str(exc)
+    if "pkey" in constraint or "auth_users.id" in constraint:
+        return UserIdTaken()
+    return _integrity_conflict(exc)
+
+
+def _phone_free(*, phone: str | None, user_id: uuid.UUID) -> None:
+    # No unique index on phone (imported users may share one): checked here,
+    # as GoTrue's IsDuplicatedPhone does, before the write.
+    if phone and User.objects.filter(phone=phone).exclude(pk=user_id).exists():
+        raise PhoneTaken()
+
+
+def _admin_user(user_id: uuid.UUID) -> User:
+    user = User.objects.select_related(*user_related()).filter(pk=user_id).first()
+    if user is None:
+        raise UserNotFound()
+    return user
+
+
+def user_ban_enforce(*, user_id: uuid.UUID) -> None:
+    """A ban is final like a logout, on every node: the sessions end (and their
+    refresh tokens), and no cached state of the user is trusted any more (the
+    revocation feed), in the banning transaction. The API keys stay, refused
+    while the ban lasts (selectors.api_key_user_get). Called by the model's
+    post_save hook (accounts.signals), whoever set the ban."""
+    user_sessions_end(user_id=user_id, reason="banned")
+    user_revoke(user_id=user_id)
+
+
+def admin_user_create(
+    *,
+    email: str | None,
+    phone: str | None = None,
+    password: str | None = None,
+    email_confirm: bool = False,
+    user_metadata: dict | None = None,
+    app_metadata: dict | None = None,
+    banned_until: datetime | None = None,
+    display_name: str = "",
+    user_id: uuid.UUID | None = None,
+    request: HttpRequest | None = None,
+) -> User:
+    """GoTrue's POST /admin/users. Without a password the account has none
+    usable (GoTrue stores a random one: the same effect). email_confirm=False
+    leaves the address unconfirmed. No signup event: no welcome email or
+    referral intent (the mirror row and referral code follow the user's insert)."""
+    user_id = user_id or uuid.uuid4()
+    now = timezone.now()
+    user = User(
+        id=user_id,
+        # A phone-only user gets the importer's undeliverable placeholder (GoTrue shows "").
+        email=normalize_email(email) if email else f"{user_id}@{NO_EMAIL_DOMAIN}",
+        phone=phone or None,
+        display_name=display_name,
+        user_metadata=metadata_merge({}, user_metadata or {}),
+        app_metadata=metadata_merge({}, app_metadata or {}),
+        email_confirmed_at=now if email_confirm and email else None,
+        banned_until=banned_until,
+        date_joined=now,
+    )
+    if password:
+        password_validate(password=password, user=user)
+        with password_hashing(request):  # no transaction open while hashing
+            user.password = make_password(password)
+    else:
+        user.set_unusable_password()
+    try:
+        with db_budget(), transaction.atomic():
+            _phone_free(phone=user.phone, user_id=user_id)
+            user.save(force_insert=True)
+    except IntegrityError as exc:
+        raise _admin_conflict(exc) from None
+    return user
+
+
+def admin_user_update(
+    *,
+    user_id: uuid.UUID,
+    email: str | _Unset = UNSET,
+    phone: str | _Unset = UNSET,
+    password: str | _Unset = UNSET,
+    email_confirm: bool = False,
+    user_metadata: dict | _Unset = UNSET,
+    app_metadata: dict | _Unset = UNSET,
+    banned_until: datetime | _Unset | None = UNSET,
+    request: HttpRequest | None = None,
+) -> tuple[User, list[str]]:
+    """GoTrue's PUT /admin/users/{id}; returns the user and the fields changed.
+
+    A new password ends every session of the user (the model's password_replaced,
+    as on every path); a ban in the future ends them too (user_ban_enforce);
+    metadata is merged (metadata_merge, GoTrue's rule)."""
+    user = _admin_user(user_id)
+    changed: list[str] = []
+    if not isinstance(password, _Unset):
+        password_validate(password=password, user=user)
+        with password_hashing(request):
+            user.set_password(password)
+        changed.append("password")
+    if not isinstance(email, _Unset) and normalize_email(email) != user.email:
+        user.email = normalize_email(email)
+        changed.append("email")
+    if not isinstance(phone, _Unset) and phone != (user.phone or ""):
+        user.phone = phone or None
+        changed.append("phone")
+    if email_confirm:
+        user.email_confirmed_at = timezone.now()  # GoTrue's Confirm: now, even if confirmed before
+        changed.append("email_confirmed_at")
+    if not isinstance(user_metadata, _Unset):
+        user.user_metadata = metadata_merge(user.user_metadata, user_metadata)
+        changed.append("user_metadata")
+    if not isinstance(app_metadata, _Unset):
+        user.app_metadata = metadata_merge(user.app_metadata, app_metadata)
+        changed.append("app_metadata")
+    if not isinstance(banned_until, _Unset):
+        user.banned_until = banned_until
+        changed.append("banned_until")
+    if not changed:
+        return user, changed
+    try:
+        with db_budget(), transaction.atomic():
+            if "phone" in changed:
+                _phone_free(phone=user.phone, user_id=user.pk)
+            # A ban ends the sessions in this transaction (post_save: user_ban_enforce).
+            user.save(update_fields=changed)
+    except IntegrityError as exc:
+        raise _admin_conflict(exc) from None
+    if "email" in changed:
+        user.profile.refresh_from_db()
+    return user, changed
+
+
+def admin_user_delete(*, user_id: uuid.UUID, soft: bool = False) -> User:
+    """GoTrue's DELETE /admin/users/{id}. Either way the sessions and API keys
+    end first, recorded in the revocation feed (final on every node, like a
+    logout). Hard: the row goes, and with it, by the existing cascades, the
+    mirror row, referral code, intent and received record, queued emails (a
+    referrer's records keep their row with referrer NULL). Soft (GoTrue's
+    should_soft_delete): the row stays, inactive, its address, phone, password
+    and metadata cleared, deleted_at set."""
+    user = _admin_user(user_id)
+    now = timezone.now()
+    with db_budget(), transaction.atomic():
+        user_sessions_end(user_id=user.pk, reason="user_deleted")
+        api_keys_revoke(key_ids=list(ApiKey.objects.filter(user_id=user.pk).values_list("pk", flat=True)), now=now)
+        if not soft:
+            user.delete()  # post_delete: the mirror goes, the user is revoked on every node
+            return user
+        if user.deleted_at is None:
+            user.deleted_at = now
+            user.is_active = False  # post_save: the user is revoked on every node
+            user.email = f"{user.pk}@{NO_EMAIL_DOMAIN}"
+            user.username = None
+            user.display_name = ""
+            user.phone = None
+            user.user_metadata = {}
+            user.set_unusable_password()
+            user.save(
+                update_fields=[
+                    "deleted_at",
+                    "is_active",
+                    "email",
+                    "username",
+                    "display_name",
+                    "phone",
+                    "user_metadata",
+                    "password",
+                ]
+            )
+    return user

@@ -34,6 +34,16 @@ def user_deactivated(sender: type[User], instance: User, created: bool, **kwargs
         services.user_revoke(user_id=instance.pk)
 
 
+@receiver(post_save, sender=User, dispatch_uid="accounts.revocation.banned")
+def user_banned(sender: type[User], instance: User, created: bool, **kwargs: Any) -> None:
+    # Banned (the admin API's ban_duration, the Django admin, the shell): the
+    # sessions end and no cached state of the account is trusted, on every
+    # node, like a logout. Idempotent, as above: a later save of a banned user
+    # costs one UPDATE that matches nothing and one more feed row.
+    if not created and instance.is_banned() and not kwargs.get("raw"):
+        services.user_ban_enforce(user_id=instance.pk)
+
+
 @receiver(password_replaced, sender=User, dispatch_uid="accounts.revocation.password")
 def user_password_replaced(sender: type[User], user: User, keep_session_id: Any = None, **kwargs: Any) -> None:
     # Whoever replaced it (API, admin form, changepassword, shell): the other

@@ -69,7 +69,8 @@ class SignupView(PublicView):
 class LoginView(PublicView):
     @extend_schema(
         request=LoginInput,
-        responses={200: TokenOutput, **errors(400, 401, 415, 429, 503)},
+        # 403 user_banned: the right password for an account banned through the admin API.
+        responses={200: TokenOutput, **errors(400, 401, 403, 415, 429, 503)},
         summary="Log in with email or username and password",
     )
     def post(self, request: Request) -> Response:

@@ -17,6 +17,13 @@ class AuditEvent(models.Model):
         PASSWORD_CHANGE = "password_change"
         API_KEY_CREATED = "api_key_created"
         API_KEY_REVOKED = "api_key_revoked"
+        # The GoTrue admin API (service role): detail carries actor=service_role.
+        ADMIN_USER_CREATED = "admin_user_created"
+        ADMIN_USER_UPDATED = "admin_user_updated"
+        ADMIN_USER_BANNED = "admin_user_banned"
+        ADMIN_USER_UNBANNED = "admin_user_unbanned"
+        ADMIN_USER_DELETED = "admin_user_deleted"
+        # manage.py signing_keys (accounts/signing.py): detail kid, action, from, to.
         SIGNING_KEY_CHANGED = "signing_key_changed"
 
     id = models.BigAutoField(primary_key=True)

@@ -18,6 +18,8 @@
 #                            each test runs its own master on a free port, the system service is not used)
 #   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
 #                            (installs it with apt-get if missing; fails soft: warns, returns 0)
+#   ensure_node_deps [DIR]   node + npm and `npm ci` of DIR (default accounts/gotrue/tests/js, the
+#                            @supabase/auth-js tests; stamped by the lockfile: re-runs stay offline)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
 #   redis_reachable          0 if Redis answers PING on 127.0.0.1:6379 (never installs)
 #   create_db NAME           create database NAME as role root unless it exists
@@ -368,6 +370,56 @@ ensure_chromium() {
 		_setup_log "WARNING: could not install chromium ($binary missing): the admin browser test will be skipped"
 	fi
 	return 0
+}
+
+# --- Node.js and the auth-js test client (accounts/gotrue/tests/test_authjs.py) ------------
+
+VELRO_NODE_DEPS_DIR=accounts/gotrue/tests/js
+
+_node_major() {
+	node -e 'process.stdout.write(process.versions.node.split(".")[0])' 2>/dev/null
+}
+
+# The stamp names what `npm ci` installed from: the lockfile, package.json and node's major
+# version. npm ci empties node_modules first, so an old stamp never outlives its install.
+_node_deps_stamp() {
+	local dir=$1
+	{
+		cat "$dir/package-lock.json" "$dir/package.json"
+		_node_major
+	} | sha256sum | cut -c1-32
+}
+
+ensure_node_deps() {
+	local dir=${1:-$VELRO_NODE_DEPS_DIR}
+	[[ -f "$dir/package-lock.json" ]] || _setup_die "ensure_node_deps: $dir/package-lock.json not found" || return 1
+	if ! _have node || ! _have npm; then
+		_setup_log "node/npm not installed: installing Debian's nodejs and npm (for the auth-js tests)"
+		_apt_install nodejs npm || true
+	fi
+	if ! _have node || ! _have npm; then
+		_setup_die "node and npm are needed for the @supabase/auth-js tests ($dir): install Node.js >= 20 with npm"
+		return 1
+	fi
+	local major
+	major="$(_node_major)"
+	# auth-js needs a global fetch (node 18); its 2.109.0 declares >= 20 (what CI runs), and
+	# its tests pass on Debian 12's apt nodejs 18.20 too.
+	if [[ ! "$major" =~ ^[0-9]+$ ]] || ((major < 18)); then
+		_setup_die "node $(node --version 2>/dev/null) is too old for the @supabase/auth-js tests: install Node.js >= 20"
+		return 1
+	fi
+	local stamp
+	stamp="$dir/node_modules/.velro-installed-$(_node_deps_stamp "$dir")"
+	if [[ -f "$stamp" ]]; then
+		_setup_log "node $(node --version) and $dir/node_modules up to date"
+		return 0
+	fi
+	_setup_log "npm ci in $dir (node $(node --version), npm $(npm --version))"
+	(cd "$dir" && npm ci --no-audit --no-fund --loglevel=error) >&2 ||
+		_setup_die "npm ci in $dir failed" || return 1
+	: >"$stamp"
+	_setup_log "$dir/node_modules ready"
 }
 
 # --- Python venv -----------------------------------------------------------------

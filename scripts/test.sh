@@ -25,6 +25,7 @@ ensure_pgbouncer
 ensure_promtool
 ensure_nginx
 ensure_wrk
+ensure_node_deps
 ensure_venv requirements-dev.txt
 
 if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then

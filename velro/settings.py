@@ -370,6 +370,15 @@ if SUPABASE_JWT_SECRET and len(SUPABASE_JWT_SECRET.encode()) < 32:
     raise ImproperlyConfigured("SUPABASE_JWT_SECRET must be at least 32 bytes (HS256 needs a 256-bit key)")
 # When set, every /auth/v1/ request (but health) must carry it as `apikey`.
 SUPABASE_ANON_KEY = _str("SUPABASE_ANON_KEY", "")
+# The server-side key (Supabase's service_role key): accepted as `apikey`
+# everywhere, and the only credential of the admin API (/auth/v1/admin/...).
+# A legacy JWT-form key (HS256 with SUPABASE_JWT_SECRET, role service_role)
+# is accepted too. Never ship it to a browser.
+SUPABASE_SERVICE_ROLE_KEY = _str("SUPABASE_SERVICE_ROLE_KEY", "")
+if SUPABASE_SERVICE_ROLE_KEY and len(SUPABASE_SERVICE_ROLE_KEY.encode()) < 32:
+    raise ImproperlyConfigured("SUPABASE_SERVICE_ROLE_KEY must be at least 32 bytes (it unlocks the admin API)")
+if SUPABASE_SERVICE_ROLE_KEY and SUPABASE_SERVICE_ROLE_KEY == SUPABASE_ANON_KEY:
+    raise ImproperlyConfigured("SUPABASE_SERVICE_ROLE_KEY must differ from SUPABASE_ANON_KEY")
 GOTRUE_JWT_AUDIENCE = _str("GOTRUE_JWT_AUDIENCE", "authenticated")
 
 

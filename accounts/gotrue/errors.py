@@ -23,7 +23,7 @@ from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
-from accounts.services import RefreshTokenRejected, SamePassword
+from accounts.services import RefreshTokenRejected, SamePassword, UserBanned
 from velro.errors import (
     RETRY_AFTER_SECONDS,
     ApiError,
@@ -177,6 +177,8 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
     """The GoTrue error for an exception raised under /auth/v1/, or None (a bug)."""
     if isinstance(exc, GoTrueError):
         return exc
+    if isinstance(exc, UserBanned):
+        return GoTrueError(400, "user_banned", "User is banned")
     if isinstance(exc, InvalidCredentials):
         return GoTrueError(400, "invalid_credentials", "Invalid login credentials")
     if isinstance(exc, RefreshTokenReused):

@@ -83,7 +83,10 @@ class UserUpdateInput(serializers.Serializer):
     email = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=1024)
     phone = StrictCharField(required=False, allow_blank=True, allow_null=True)
     password = StrictCharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False)
-    current_password = StrictCharField(required=False, allow_null=True, trim_whitespace=False, max_length=1024)
+    # Blank is absent, as GoTrue reads it (an empty form field: current_password_required).
+    current_password = StrictCharField(
+        required=False, allow_null=True, allow_blank=True, trim_whitespace=False, max_length=1024
+    )
     nonce = StrictCharField(required=False, allow_blank=True, allow_null=True)
     data = MetadataField(required=False, allow_null=True)
     app_metadata = serializers.JSONField(required=False, allow_null=True)

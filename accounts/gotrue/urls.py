@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import views
+from accounts.gotrue import admin_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -12,6 +12,9 @@ urlpatterns = [
     path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
     path("health", views.HealthView.as_view(), name="gotrue-health"),
     path(".well-known/jwks.json", jwks.GoTrueJwksView.as_view(), name="gotrue-jwks"),
+    # The admin API (service role only): accounts/gotrue/admin_views.py.
+    path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
+    path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
     # Everything else GoTrue serves (otp, verify, recover, authorize, factors,
     # admin/...) is not implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),

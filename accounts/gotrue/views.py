@@ -21,7 +21,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import flows, selectors, services, throttles
-from accounts.gotrue.authentication import GoTrueTokenAuthentication, apikey_check
+from accounts.gotrue.authentication import (
+    ADMIN_ROLES,
+    GoTrueTokenAuthentication,
+    IsServiceRole,
+    apikey_check,
+    apikey_role,
+)
 from accounts.gotrue.errors import (
     API_VERSION_HEADER,
     GoTrueError,
@@ -91,6 +97,13 @@ class GoTrueView(APIView):
 class PublicGoTrueView(GoTrueView):
     authentication_classes: list = []
     permission_classes = [AllowAny]
+
+
+class AdminGoTrueView(GoTrueView):
+    """Base of the admin API (/auth/v1/admin/...): the service-role key only."""
+
+    authentication_classes: list = []
+    permission_classes = [IsServiceRole]
 
 
 def _valid(serializer_class: type, request: Request) -> dict[str, Any]:
@@ -227,7 +240,7 @@ class UserView(GoTrueView):
             raise GoTrueError(400, "phone_provider_disabled", "Phone changes are disabled")
         password = data.get("password")
         if password:
-            self._password_change(request, password, data.get("current_password"))
+            self._password_change(request, password, data.get("current_password") or None)
         if data.get("data") is not None:
             user = services.user_update_profile(user_id=user.pk, user_metadata=data["data"])
         elif password:
@@ -272,7 +285,9 @@ class LogoutView(GoTrueView):
         if scope not in LOGOUT_SCOPES:
             raise validation_failed(f"Unsupported logout scope {scope!r}")
         services.session_logout(user_id=request.user.pk, session_id=request.auth.session_id, scope=scope)
-        audit.record(AuditEvent.Kind.LOGOUT, request, user_id=request.user.pk, scope=scope, surface=SURFACE)
+        # Server code's auth.admin.signOut(jwt): the user's token, the service-role key as apikey.
+        actor = {"actor": flows.SERVICE_ROLE} if apikey_role(request) in ADMIN_ROLES else {}
+        audit.record(AuditEvent.Kind.LOGOUT, request, user_id=request.user.pk, scope=scope, surface=SURFACE, **actor)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

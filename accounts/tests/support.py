@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
 import jwt
+import pytest
 from rest_framework.test import APIClient
 
 from accounts import signing, tokens
@@ -33,6 +40,51 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def gotrue_client(url: str, *, apikey: str, bearer: str | None = None):  # -> SyncGoTrueClient
+    """The official Supabase Auth Python client against a live server (`url`:
+    live_server.url), sending `apikey` (and `Authorization: Bearer <bearer>`,
+    as supabase-py's server client does with the service-role key); no
+    auto-refresh timer thread. Close it after use."""
+    from supabase_auth import SyncGoTrueClient  # a dev dependency: imported only by the tests that use it
+
+    headers = {"apikey": apikey}
+    if bearer is not None:
+        headers["Authorization"] = f"Bearer {bearer}"
+    return SyncGoTrueClient(url=f"{url}/auth/v1", headers=headers, auto_refresh_token=False)
+
+
+# The official @supabase/auth-js client (pinned in accounts/gotrue/tests/js/package.json,
+# installed by scripts/test.sh's ensure_node_deps).
+AUTHJS_DIR = Path(__file__).resolve().parent.parent / "gotrue" / "tests" / "js"
+AUTHJS_TIMEOUT_SECONDS = 60
+
+
+def run_authjs(scenario: str, **args: Any) -> dict:
+    """Run one scenario of accounts/gotrue/tests/js/run.mjs (auth-js under node) with `args`
+    as its JSON argument; its one-line JSON result. Fails the test with node's stderr when
+    node is missing, the scenario throws or it runs past the timeout."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node not found: the auth-js tests need Node.js >= 20 (./scripts/test.sh installs it)")
+    if not (AUTHJS_DIR / "node_modules" / "@supabase" / "auth-js").is_dir():
+        pytest.fail(f"@supabase/auth-js not installed: run `npm ci` in {AUTHJS_DIR} (./scripts/test.sh does)")
+    try:
+        done = subprocess.run(
+            [node, "run.mjs", scenario, json.dumps(args)],
+            cwd=AUTHJS_DIR,
+            capture_output=True,
+            text=True,
+            timeout=AUTHJS_TIMEOUT_SECONDS,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"auth-js scenario {scenario} ran past {AUTHJS_TIMEOUT_SECONDS} s; stderr:\n{exc.stderr or ''}")
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        pytest.fail(f"auth-js scenario {scenario} failed (exit {done.returncode}); stderr:\n{done.stderr}")
+    return json.loads(lines[-1])
 
 
 def sign_token(claims: dict, *, hs256_key: bytes | str | None = None) -> str:

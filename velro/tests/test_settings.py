@@ -416,3 +416,16 @@ def test_behind_pgbouncer_no_options_are_sent_and_prepared_statements_and_server
 @pytest.mark.parametrize("value", ["yes please", "2", "pgbouncer"])
 def test_a_pgbouncer_flag_that_is_not_a_boolean_stops_the_start(value):
     _refused(_start(DB_PGBOUNCER=value), "DB_PGBOUNCER")
+
+
+# --- the Supabase project keys ---------------------------------------------------------
+
+
+def test_a_service_role_key_shorter_than_32_bytes_is_refused():
+    _refused(_start(SUPABASE_SERVICE_ROLE_KEY="short"), "SUPABASE_SERVICE_ROLE_KEY")
+
+
+def test_a_service_role_key_equal_to_the_anon_key_is_refused():
+    same = "k" * 40
+    message = _refused(_start(SUPABASE_SERVICE_ROLE_KEY=same, SUPABASE_ANON_KEY=same), "SUPABASE_SERVICE_ROLE_KEY")
+    assert "differ" in message
