@@ -29,6 +29,14 @@ def _line(key: SigningKey) -> str:
     return " ".join(parts)
 
 
+def _os_user() -> str:
+    # Who ran it, for the audit trail; a container user without a passwd entry has no name.
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
 class Command(BaseCommand):
     help = "List, add, promote, retire or revoke the keys that sign access tokens (both surfaces)."
 
@@ -46,7 +54,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         action = options["action"]
-        actor = f"manage.py signing_keys ({getpass.getuser()})"
+        actor = f"manage.py signing_keys ({_os_user()})"
         try:
             if action == "list":
                 keys = signing.signing_keys_list()
