@@ -11,7 +11,7 @@ from django.conf import settings as django_settings
 from django.core.cache import cache
 from rest_framework.test import APIClient
 
-from accounts import tokens
+from accounts import signing, tokens
 from accounts.revocations import feed as revocation_feed
 from accounts.selectors import session_l1
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
@@ -47,6 +47,8 @@ def _reset_shared_state() -> None:
     revocation_feed.reset()
     session_l1.clear()
     tokens.verified_clear()
+    # The key set is reloaded only when a test moves this clock (or changes a key).
+    signing.keys.reset(clock=Clock())
 
 
 @pytest.fixture(autouse=True)

@@ -328,3 +328,47 @@ class OneTimeToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.purpose} token for {self.sent_to}"
+
+
+class SigningKeyState(models.TextChoices):
+    STANDBY = "standby"  # published in the JWKS, verifies, does not sign yet
+    ACTIVE = "active"  # signs every new access token (at most one)
+    RETIRED = "retired"  # verifies until its last token has expired, then leaves the JWKS
+    REVOKED = "revoked"  # compromised: never verifies again
+
+
+class SigningAlgorithm(models.TextChoices):
+    ES256 = "ES256"
+    RS256 = "RS256"
+
+
+class SigningKey(models.Model):
+    """An asymmetric key that signs access tokens of both surfaces (accounts/signing.py).
+
+    The private key is stored encrypted (Fernet, with a key derived from
+    SECRET_KEY); the public half is kept as the JWK the JWKS publishes.
+    """
+
+    kid = models.CharField(max_length=64, unique=True)
+    algorithm = models.CharField(max_length=8, choices=SigningAlgorithm.choices)
+    state = models.CharField(max_length=8, choices=SigningKeyState.choices)
+    private_key_encrypted = models.TextField()
+    public_jwk = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    activated_at = models.DateTimeField(null=True, blank=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_signing_keys"
+        ordering = ["created_at"]
+        constraints = [
+            # At most one key signs: two processes creating the first key at
+            # once, or two promotions racing, cannot both win.
+            models.UniqueConstraint(
+                fields=["state"], condition=models.Q(state="active"), name="auth_signing_keys_one_active"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kid} {self.algorithm} {self.state}"

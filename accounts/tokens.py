@@ -8,19 +8,27 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any, TypeVar
 
 import jwt
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
+from accounts import signing
 from velro.localcache import LocalCache
 
-ALGORITHM = "HS256"
+# Tokens signed before the asymmetric keys (no kid) use this, with a shared
+# secret; verified only while JWT_LEGACY_HS256_VERIFY allows it.
+LEGACY_ALGORITHM = "HS256"
+ALGORITHM = LEGACY_ALGORITHM  # the name HS256-only callers import
 ACCESS_TYPE = "access"
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "sid", "typ"]
+
+T = TypeVar("T")
 
 
 class InvalidAccessToken(Exception):
@@ -42,6 +50,7 @@ def derived_key(purpose: str) -> bytes:
 
 
 def jwt_key() -> bytes:
+    """The native surface's legacy HS256 secret (JWT_SECRET, else derived)."""
     if settings.JWT_SECRET:
         return settings.JWT_SECRET.encode()
     return derived_key("jwt")
@@ -61,19 +70,68 @@ def access_token_encode(*, user_id: uuid.UUID, session_id: uuid.UUID, now: datet
         "nbf": issued,
         "exp": expires_at,
     }
-    return jwt.encode(claims, jwt_key(), algorithm=ALGORITHM), expires_at
+    return jwt_sign(claims), expires_at
+
+
+def jwt_sign(claims: dict) -> str:
+    """Sign with the active key, its `kid` in the header (both surfaces)."""
+    signer = signing.keys.signer()
+    return jwt.encode(claims, signer.private_key, algorithm=signer.algorithm, headers={"kid": signer.kid})
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    identity: Hashable  # what the verified-token cache keys on
+    key: Any
+    algorithm: str
+
+
+def jwt_verification_key(token: str, *, legacy_key: bytes) -> VerificationKey:
+    """The one key (and the one algorithm) a token may be verified with.
+
+    A token with a `kid` is verified only with that stored key and that key's
+    own algorithm (an allowlist of one: never "none", and never HS256 with a
+    public key, so no key confusion); the key must be active, standby or
+    retired within the access-token lifetime (accounts.signing). An HS256
+    token is verified with the surface's legacy secret while
+    JWT_LEGACY_HS256_VERIFY allows it. Anything else is refused.
+    """
+    try:
+        header = jwt.get_unverified_header(token)
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidAccessToken(str(exc)) from None
+    algorithm = header.get("alg")
+    if algorithm == LEGACY_ALGORITHM:
+        if not settings.JWT_LEGACY_HS256_VERIFY:
+            raise InvalidAccessToken("HS256 tokens are no longer accepted")
+        return VerificationKey(identity=(LEGACY_ALGORITHM, legacy_key), key=legacy_key, algorithm=LEGACY_ALGORITHM)
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidAccessToken("no key id")
+    verifier = signing.keys.verifier(kid)
+    if verifier is None:
+        raise InvalidAccessToken("unknown or revoked key id")
+    if algorithm != verifier.algorithm:
+        raise InvalidAccessToken("algorithm not allowed for this key")
+    return VerificationKey(identity=kid, key=verifier.public_key, algorithm=verifier.algorithm)
 
 
 def jwt_verify(token: str, *, key: bytes, audience: str, issuer: str, required: list[str]) -> dict:
-    """Verify an HS256 JWT strictly; InvalidAccessToken for anything wrong with it.
+    """Verify an HS256 JWT with `key` strictly; InvalidAccessToken for anything wrong with it.
 
-    Shared by both surfaces (the native tokens here, GoTrue's in accounts.gotrue).
+    For HS256 JWTs that are not access tokens (a legacy JWT-form API key);
+    access tokens of both surfaces go through jwt_verify_cached.
     """
+    hs256 = VerificationKey(identity=(LEGACY_ALGORITHM, key), key=key, algorithm=LEGACY_ALGORITHM)
+    return jwt_decode_with(token, hs256, audience=audience, issuer=issuer, required=required)
+
+
+def jwt_decode_with(token: str, key: VerificationKey, *, audience: str, issuer: str, required: list[str]) -> dict:
     try:
         return jwt.decode(
             token,
-            key,
-            algorithms=[ALGORITHM],  # allowlist: never "none", never a key-confusion alg
+            key.key,
+            algorithms=[key.algorithm],  # allowlist of one, the key's own
             audience=audience,
             issuer=issuer,
             leeway=settings.JWT_LEEWAY_SECONDS,
@@ -83,10 +141,13 @@ def jwt_verify(token: str, *, key: bytes, audience: str, issuer: str, required: 
         raise InvalidAccessToken(str(exc)) from None
 
 
-# Access tokens this process has verified: (token, key, audience, issuer) ->
-# (claims, not before). A token is re-sent with every request of its 15
-# minutes; its signature and claims cannot change, so only the time checks are
-# repeated on a hit. Bounded; emptied when full.
+# Access tokens this process has verified, both surfaces: (token, key identity,
+# audience, issuer) -> (what the caller made of the claims, not before,
+# expires at). A token is re-sent with every request of its 15 minutes; its
+# signature and claims cannot change, so only the time checks are repeated on
+# a hit. The key is resolved first on every request (a dict lookup in the
+# process's key set), so a revoked key, or HS256 turned off, stops its cached
+# tokens too. Bounded; emptied when full.
 _verified = LocalCache(max_entries=20_000)
 
 
@@ -95,33 +156,51 @@ def verified_clear() -> None:
     _verified.clear()
 
 
-def access_token_decode(token: str) -> AccessClaims:
-    key = jwt_key()
-    cache_key = (token, key, settings.JWT_AUDIENCE, settings.JWT_ISSUER)
+def jwt_verify_cached(
+    token: str, *, legacy_key: bytes, audience: str, issuer: str, required: list[str], parse: Callable[[dict], T]
+) -> T:
+    """jwt_verify, then `parse(claims)` (which raises on claims it refuses),
+    remembered for the token's lifetime in this process."""
+    key = jwt_verification_key(token, legacy_key=legacy_key)
+    cache_key = (token, key.identity, audience, issuer)
     hit = _verified.get(cache_key, settings.ACCESS_TOKEN_TTL_SECONDS)
     if hit is not None:
-        claims, not_before = hit
+        value, not_before, expires_at = hit
         now, leeway = time.time(), settings.JWT_LEEWAY_SECONDS
-        if not_before - leeway <= now < claims.expires_at + leeway:  # PyJWT's nbf and exp checks
-            return claims
+        if not_before - leeway <= now < expires_at + leeway:  # PyJWT's nbf/iat and exp checks
+            return value
         _verified.pop(cache_key)
-    verified = _access_claims(
-        jwt_verify(token, key=key, audience=settings.JWT_AUDIENCE, issuer=settings.JWT_ISSUER, required=REQUIRED_CLAIMS)
+    claims = jwt_decode_with(token, key, audience=audience, issuer=issuer, required=required)
+    value = parse(claims)
+    try:
+        issued_at = int(claims["iat"])
+        not_before, expires_at = max(int(claims.get("nbf", issued_at)), issued_at), int(claims["exp"])
+    except (ValueError, TypeError) as exc:
+        raise InvalidAccessToken(str(exc)) from None
+    _verified.set(cache_key, (value, not_before, expires_at))
+    return value
+
+
+def access_token_decode(token: str) -> AccessClaims:
+    return jwt_verify_cached(
+        token,
+        legacy_key=jwt_key(),
+        audience=settings.JWT_AUDIENCE,
+        issuer=settings.JWT_ISSUER,
+        required=REQUIRED_CLAIMS,
+        parse=_access_claims,
     )
-    _verified.set(cache_key, verified)
-    return verified[0]
 
 
-def _access_claims(claims: dict) -> tuple[AccessClaims, int]:
+def _access_claims(claims: dict) -> AccessClaims:
     if claims.get("typ") != ACCESS_TYPE:
         raise InvalidAccessToken("wrong token type")
     try:
-        access = AccessClaims(
+        return AccessClaims(
             user_id=uuid.UUID(str(claims["sub"])),
             session_id=uuid.UUID(str(claims["sid"])),
             expires_at=int(claims["exp"]),
         )
-        return access, max(int(claims["nbf"]), int(claims["iat"]))
     except (ValueError, TypeError) as exc:
         raise InvalidAccessToken(str(exc)) from None
 

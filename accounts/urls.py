@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import views
+from accounts import jwks, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -19,4 +19,5 @@ urlpatterns = [
     path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
+    path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

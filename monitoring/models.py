@@ -25,6 +25,8 @@ class AuditEvent(models.Model):
         ADMIN_USER_DELETED = "admin_user_deleted"
         ADMIN_USER_INVITED = "admin_user_invited"  # /invite
         ADMIN_LINK_GENERATED = "admin_link_generated"  # /admin/generate_link (detail: type)
+        # manage.py signing_keys (accounts/signing.py): detail kid, action, from, to.
+        SIGNING_KEY_CHANGED = "signing_key_changed"
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=32, choices=Kind.choices)

@@ -314,6 +314,25 @@ JWT_AUDIENCE = _str("JWT_AUDIENCE", "velro-api")
 JWT_LEEWAY_SECONDS = _int("JWT_LEEWAY_SECONDS", 5)
 ACCESS_TOKEN_TTL_SECONDS = _int("ACCESS_TOKEN_TTL_SECONDS", 900, minimum=30)
 REFRESH_TOKEN_TTL_SECONDS = _int("REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600, minimum=60)
+# Asymmetric signing keys (accounts/signing.py, README "Signing keys and JWKS"):
+# every access token of both surfaces is signed by the one active key of
+# auth_signing_keys, with its `kid` in the header; the public keys are served
+# as a JWKS. New keys use this algorithm (ES256: small keys and signatures,
+# fast; RS256 for consumers that only know RSA).
+JWT_SIGNING_ALGORITHM = _str("JWT_SIGNING_ALGORITHM", "ES256")
+if JWT_SIGNING_ALGORITHM not in ("ES256", "RS256"):
+    raise ImproperlyConfigured("JWT_SIGNING_ALGORITHM must be ES256 or RS256")
+# During the migration from HS256: tokens without a key id, signed HS256 with
+# JWT_SECRET / SUPABASE_JWT_SECRET (or the keys derived from SECRET_KEY),
+# still verify. Turn off once no HS256 token can still be unexpired.
+JWT_LEGACY_HS256_VERIFY = _bool("JWT_LEGACY_HS256_VERIFY", True)
+# Each process keeps the key set for this long: a revoked key stops verifying
+# on every node within it (a key id it does not know makes it reload at once,
+# at most once per second).
+JWT_SIGNING_KEYS_CACHE_SECONDS = _float("JWT_SIGNING_KEYS_CACHE_SECONDS", 1.0, minimum=0.1)
+# Cache-Control max-age of the JWKS documents (GoTrue's: 600 s). A standby
+# key must be published this long before it is promoted.
+JWKS_MAX_AGE_SECONDS = _int("JWKS_MAX_AGE_SECONDS", 600, minimum=0)
 REFRESH_REUSE_GRACE_SECONDS = _int("REFRESH_REUSE_GRACE_SECONDS", 10)
 # The revocation feed (accounts/revocations.py): every web process polls
 # PostgreSQL for revocations this often, so a logout on a node that cannot
@@ -341,9 +360,11 @@ AUTH_L1_EPOCH_PATH = _str("AUTH_L1_EPOCH_PATH", "") or os.path.join(
 )
 
 # Supabase Auth (GoTrue) compatibility surface under /auth/v1/ (accounts/gotrue/).
-# Its access tokens are signed HS256 with SUPABASE_JWT_SECRET, the project's
-# existing JWT secret, so services that validate Supabase tokens keep working;
-# unset: a key derived from SECRET_KEY (tokens then verify only here).
+# Its access tokens are signed by the active asymmetric key like the native
+# ones (JWT_SIGNING_ALGORITHM above; JWKS at /auth/v1/.well-known/jwks.json).
+# HS256 tokens signed with SUPABASE_JWT_SECRET, the project's existing JWT
+# secret (unset: a key derived from SECRET_KEY), still verify while
+# JWT_LEGACY_HS256_VERIFY is on.
 SUPABASE_JWT_SECRET = _str("SUPABASE_JWT_SECRET", "")
 if SUPABASE_JWT_SECRET and len(SUPABASE_JWT_SECRET.encode()) < 32:
     raise ImproperlyConfigured("SUPABASE_JWT_SECRET must be at least 32 bytes (HS256 needs a 256-bit key)")

@@ -1,10 +1,13 @@
-"""GoTrue-shaped access tokens: HS256 JWTs with Supabase's claims.
+"""GoTrue-shaped access tokens: JWTs with Supabase's claims.
 
-Signed with SUPABASE_JWT_SECRET (the Supabase project's JWT secret) so
-services that validate Supabase tokens accept them unchanged; without it,
-with a key derived from SECRET_KEY for this purpose only. They carry the
-session id (`session_id`), and are accepted on this surface only while that
-session is active, like the native tokens.
+Signed like the native tokens by the active asymmetric key (ES256 by default,
+`kid` in the header, accounts/signing.py), so services verify them from the
+JWKS at /auth/v1/.well-known/jwks.json as they would a Supabase project's with
+asymmetric keys. HS256 tokens signed with SUPABASE_JWT_SECRET (or, without it,
+a key derived from SECRET_KEY for this purpose only) still verify while
+JWT_LEGACY_HS256_VERIFY allows it. They carry the session id (`session_id`),
+and are accepted on this surface only while that session is active, like the
+native tokens.
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-import jwt
 from django.conf import settings
 
 from accounts.models import NO_EMAIL_DOMAIN, User
-from accounts.tokens import ALGORITHM, InvalidAccessToken, derived_key, jwt_verify
+from accounts.tokens import InvalidAccessToken, derived_key, jwt_sign, jwt_verify_cached
 
 ROLE = "authenticated"
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub", "session_id"]
@@ -34,6 +36,7 @@ class GoTrueClaims:
 
 
 def gotrue_jwt_key() -> bytes:
+    """This surface's legacy HS256 secret (SUPABASE_JWT_SECRET, else derived)."""
     if settings.SUPABASE_JWT_SECRET:
         return settings.SUPABASE_JWT_SECRET.encode()
     return derived_key("gotrue-jwt")
@@ -73,18 +76,23 @@ def gotrue_access_token_encode(
         "session_id": str(session_id),
         "is_anonymous": bool(user.is_anonymous_user),
     }
-    return jwt.encode(claims, gotrue_jwt_key(), algorithm=ALGORITHM)
+    return jwt_sign(claims)
+
+
+def _gotrue_claims(claims: dict) -> GoTrueClaims:
+    return GoTrueClaims(user_id=uuid.UUID(str(claims["sub"])), session_id=uuid.UUID(str(claims["session_id"])))
 
 
 def gotrue_access_token_decode(token: str) -> GoTrueClaims:
+    # Verified once per process and token, like the native tokens (accounts.tokens).
     try:
-        claims = jwt_verify(
+        return jwt_verify_cached(
             token,
-            key=gotrue_jwt_key(),
+            legacy_key=gotrue_jwt_key(),
             audience=settings.GOTRUE_JWT_AUDIENCE,
             issuer=settings.GOTRUE_ISSUER,
             required=REQUIRED_CLAIMS,
+            parse=_gotrue_claims,
         )
-        return GoTrueClaims(user_id=uuid.UUID(str(claims["sub"])), session_id=uuid.UUID(str(claims["session_id"])))
     except (InvalidAccessToken, ValueError, TypeError, AttributeError) as exc:
         raise InvalidGoTrueToken(str(exc)) from None

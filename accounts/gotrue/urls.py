@@ -1,5 +1,6 @@
 from django.urls import path, re_path
 
+from accounts import jwks
 from accounts.gotrue import admin_views, onetime_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
@@ -18,6 +19,7 @@ urlpatterns = [
     path("admin/generate_link", onetime_views.GenerateLinkView.as_view(), name="gotrue-admin-generate-link"),
     path("settings", views.SettingsView.as_view(), name="gotrue-settings"),
     path("health", views.HealthView.as_view(), name="gotrue-health"),
+    path(".well-known/jwks.json", jwks.GoTrueJwksView.as_view(), name="gotrue-jwks"),
     # The admin API (service role only): accounts/gotrue/admin_views.py.
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),

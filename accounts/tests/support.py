@@ -11,9 +11,11 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from rest_framework.test import APIClient
 
+from accounts import signing, tokens
 from accounts.tests.factories import DEFAULT_PASSWORD
 
 LOGIN = "/api/v1/auth/login"
@@ -134,3 +136,27 @@ def run_authjs(scenario: str, **args: Any) -> dict:
     if done.returncode != 0 or not lines:
         pytest.fail(f"auth-js scenario {scenario} failed (exit {done.returncode}); stderr:\n{done.stderr}")
     return json.loads(lines[-1])
+
+
+def sign_token(claims: dict, *, hs256_key: bytes | str | None = None) -> str:
+    """A JWT signed as the server signs access tokens now (the active key, its
+    `kid` in the header); with `hs256_key`, an HS256 token without a kid, as
+    signed before the asymmetric keys (the legacy secrets, or an attacker's key)."""
+    if hs256_key is not None:
+        return jwt.encode(claims, hs256_key, algorithm="HS256")
+    return tokens.jwt_sign(claims)
+
+
+def token_claims(token: str, *, audience: str) -> dict:
+    """The claims of an access token of either surface, verified as a downstream
+    service does: with the public key its `kid` names in the JWKS, and that
+    key's algorithm only."""
+    published = {jwk["kid"]: jwk for jwk in signing.keys.jwks()["keys"]}
+    jwk = published[jwt.get_unverified_header(token)["kid"]]
+    return jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=[jwk["alg"]], audience=audience)
+
+
+def signing_keys_warm() -> None:
+    """Load this process's signing keys (creating the first active key): what a
+    running node holds between reloads, so a query budget measures the request."""
+    signing.keys.signer()

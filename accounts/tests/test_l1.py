@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import uuid
 
+import jwt
 import pytest
 
-from accounts import selectors, services, tokens
+from accounts import selectors, services, signing, tokens
 from accounts.revocations import feed
 from accounts.tests.factories import UserFactory
-from accounts.tests.support import Clock, api_login, bearer
+from accounts.tests.support import Clock, api_login, bearer, sign_token, token_claims
 from velro.cache import safe_cache
 from velro.localcache import SharedEpoch
 
@@ -175,9 +176,19 @@ def test_a_verified_token_is_refused_once_it_expires_even_from_the_cache(setting
 @pytest.mark.django_db
 def test_a_token_verified_under_one_key_is_refused_under_another(settings):
     settings.JWT_SECRET = "a" * 32
-    token = api_login(UserFactory().email)["access_token"]
-    tokens.access_token_decode(token)
+    signed = api_login(UserFactory().email)["access_token"]
+    token = sign_token(token_claims(signed, audience=settings.JWT_AUDIENCE), hs256_key=settings.JWT_SECRET)
+    tokens.access_token_decode(token)  # a legacy HS256 token, verified and kept
     settings.JWT_SECRET = "b" * 32
+    with pytest.raises(tokens.InvalidAccessToken):
+        tokens.access_token_decode(token)
+
+
+@pytest.mark.django_db
+def test_a_token_verified_under_a_key_is_refused_once_the_key_is_revoked():
+    token = api_login(UserFactory().email)["access_token"]
+    tokens.access_token_decode(token)  # verified and kept
+    signing.signing_key_revoke(kid=jwt.get_unverified_header(token)["kid"])
     with pytest.raises(tokens.InvalidAccessToken):
         tokens.access_token_decode(token)
 

@@ -9,6 +9,7 @@ from accounts import touch
 from accounts.hashers import Argon2idPasswordHasher
 from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import signing_keys_warm
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -98,6 +99,7 @@ def test_login_runs_at_most_two_queries_and_no_transaction_while_hashing(api, us
     # The test itself runs inside a transaction, so compare against the
     # atomic depth the test started with: the login must not add one.
     outer = len(connection.atomic_blocks)
+    signing_keys_warm()  # a node's key set, reloaded once per JWT_SIGNING_KEYS_CACHE_SECONDS, not per login
     with CaptureQueriesContext(connection) as queries:
         response = api.post(LOGIN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json")
     assert response.status_code == 200

@@ -2,14 +2,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import jwt
 import pytest
 from django.conf import settings
 from django.utils import timezone
 
-from accounts import services, tokens
+from accounts import services
 from accounts.models import PublicUser, Session, User
 from accounts.tests.factories import UserFactory
+from accounts.tests.support import sign_token
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -359,7 +359,8 @@ def test_me_with_a_tampered_token_is_a_401(api, user, login):
 
 
 def _forge(*, key: bytes | None = None, **overrides: object) -> str:
-    """An HS256 access token with the app's claims, some overridden (None drops one)."""
+    """An access token with the app's claims, some overridden (None drops one),
+    signed with the active key, or HS256 with `key`."""
     now = int(timezone.now().timestamp())
     claims = {
         "iss": settings.JWT_ISSUER,
@@ -370,7 +371,7 @@ def _forge(*, key: bytes | None = None, **overrides: object) -> str:
         "exp": now + 60,
         **overrides,
     }
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, key or tokens.jwt_key(), algorithm="HS256")
+    return sign_token({k: v for k, v in claims.items() if v is not None}, hs256_key=key)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ import threading
 import time
 from datetime import timedelta
 
-import jwt
 import pytest
 from django.conf import settings
 from django.db import connection, transaction
@@ -16,7 +15,7 @@ from rest_framework.test import APIClient
 from accounts import services
 from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tokens import jwt_key
+from accounts.tests.support import token_claims
 from velro.errors import InvalidRefreshToken
 
 pytestmark = pytest.mark.django_db(transaction=False)
@@ -33,13 +32,7 @@ def sha256_hex(raw: str) -> str:
 
 
 def claims_of(access_token: str) -> dict:
-    return jwt.decode(
-        access_token,
-        jwt_key(),
-        algorithms=["HS256"],
-        audience=settings.JWT_AUDIENCE,
-        issuer=settings.JWT_ISSUER,
-    )
+    return token_claims(access_token, audience=settings.JWT_AUDIENCE)
 
 
 def refresh(client: APIClient, token: object):

@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from accounts import tokens
 from accounts.models import Session, User
 from accounts.tests.factories import UserFactory
+from accounts.tests.support import sign_token
 
 pytestmark = [
     pytest.mark.django_db(transaction=False),
@@ -54,7 +55,8 @@ def claims_for(session: Session, **overrides: object) -> dict:
 
 
 def mint(session: Session, **overrides: object) -> str:
-    return jwt.encode(claims_for(session, **overrides), tokens.jwt_key(), algorithm="HS256")
+    """Signed as the server signs: the active key, its kid in the header."""
+    return sign_token(claims_for(session, **overrides))
 
 
 def hand_signed(header: dict, claims: dict, key: bytes) -> str:
@@ -115,7 +117,8 @@ def test_access_token_ttl_defaults_to_900_seconds(user, login):
     body = login(user)
     header = jwt.get_unverified_header(body["access_token"])
     claims = jwt.decode(body["access_token"], options={"verify_signature": False})
-    assert header["alg"] == "HS256"
+    assert header["alg"] == "ES256"
+    assert header["kid"]
     assert claims["exp"] - claims["iat"] == 900
     assert claims["nbf"] == claims["iat"]
     assert body["expires_in"] == 900

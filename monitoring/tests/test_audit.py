@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import RefreshToken
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import signing_keys_warm
 from monitoring import audit
 from monitoring.models import AuditEvent
 
@@ -214,6 +215,7 @@ def test_every_event_of_a_session_is_one_row_each(api_client):
 
 
 def test_login_with_auditing_stays_within_two_sql_statements(api_client, user):
+    signing_keys_warm()  # a node's key set, reloaded once per JWT_SIGNING_KEYS_CACHE_SECONDS, not per login
     with CaptureQueriesContext(connection) as captured:
         response = post(api_client, LOGIN, {"email": user.email, "password": DEFAULT_PASSWORD})
     assert response.status_code == 200

@@ -60,6 +60,8 @@ def test_every_endpoint_of_both_surfaces_is_in_the_schema():
         "/auth/v1/logout",
         "/auth/v1/settings",
         "/auth/v1/health",
+        "/auth/v1/.well-known/jwks.json",
+        "/api/v1/auth/.well-known/jwks.json",
     ):
         assert path in paths, path
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from datetime import timedelta
 
-import jwt
 import pytest
 from django.utils import timezone
 from supabase_auth import SyncGoTrueClient
@@ -18,6 +17,7 @@ from supabase_auth.errors import AuthApiError, AuthInvalidCredentialsError, Auth
 
 from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import token_claims
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -78,7 +78,7 @@ def test_sign_in_with_password_returns_a_session_whose_token_a_downstream_servic
     response = client.sign_in_with_password({"email": "signin@example.com", "password": DEFAULT_PASSWORD})
     assert response.session.user.id == str(user.pk)
     assert response.session.token_type == "bearer"
-    claims = jwt.decode(response.session.access_token, SECRET, algorithms=["HS256"], audience="authenticated")
+    claims = token_claims(response.session.access_token, audience="authenticated")
     assert claims["sub"] == str(user.pk)
     assert claims["session_id"] == str(Session.objects.get(user=user).pk)
     assert client.get_session().access_token == response.session.access_token

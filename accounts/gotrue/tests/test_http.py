@@ -20,6 +20,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import sign_token, token_claims
 from accounts.tokens import derived_key
 from monitoring import audit
 from monitoring.models import AuditEvent
@@ -126,8 +127,8 @@ def bearer(access_token: str, **extra) -> dict:
 
 
 def decode(access_token: str) -> dict:
-    """Only the configured secret and GoTrue's audience: what a downstream service does."""
-    return jwt.decode(access_token, SECRET, algorithms=["HS256"], audience="authenticated")
+    """Only the JWKS and GoTrue's audience: what a downstream service does."""
+    return token_claims(access_token, audience="authenticated")
 
 
 def age_rotation(raw: str, seconds: float) -> None:
@@ -237,7 +238,7 @@ def test_password_grant_returns_the_gotrue_session_shape(api, user):
     assert decode(body["access_token"])["exp"] == body["expires_at"]
 
 
-def test_access_token_decodes_with_only_the_supabase_secret_and_carries_every_gotrue_claim(api):
+def test_access_token_verifies_from_the_jwks_and_carries_every_gotrue_claim(api):
     UserFactory(email="claims@example.com")
     User.objects.filter(email="claims@example.com").update(user_metadata={"tier": "gold"}, phone="+15550001234")
     body = session_for(api, User.objects.get(email="claims@example.com"))
@@ -257,17 +258,24 @@ def test_access_token_decodes_with_only_the_supabase_secret_and_carries_every_go
     assert claims["is_anonymous"] is False
     assert claims["iss"] == settings.GOTRUE_ISSUER
     assert claims["exp"] - claims["iat"] == settings.ACCESS_TOKEN_TTL_SECONDS
-    assert jwt.get_unverified_header(body["access_token"])["alg"] == "HS256"
-    with pytest.raises(jwt.InvalidSignatureError):
-        jwt.decode(body["access_token"], "another-secret-" + "x" * 30, algorithms=["HS256"], audience="authenticated")
+    header = jwt.get_unverified_header(body["access_token"])
+    assert header["alg"] == "ES256"
+    assert header["kid"]
+    with pytest.raises(jwt.InvalidAlgorithmError):  # the Supabase secret no longer signs
+        jwt.decode(body["access_token"], SECRET, algorithms=["HS256"], audience="authenticated")
 
 
-def test_without_a_supabase_secret_tokens_are_signed_with_a_derived_key(api, user, settings):
+def test_a_legacy_hs256_token_signed_with_the_supabase_secret_still_verifies(api, user):
+    claims = decode(session_for(api, user)["access_token"])
+    legacy = sign_token(claims, hs256_key=SECRET)
+    assert api.get(USER, **bearer(legacy)).json()["id"] == str(user.pk)
+
+
+def test_without_a_supabase_secret_legacy_tokens_verify_with_a_derived_key(api, user, settings):
     settings.SUPABASE_JWT_SECRET = ""
-    body = session_for(api, user)
-    claims = jwt.decode(body["access_token"], derived_key("gotrue-jwt"), algorithms=["HS256"], audience="authenticated")
-    assert claims["sub"] == str(user.pk)
-    assert api.get(USER, **bearer(body["access_token"])).status_code == 200
+    claims = decode(session_for(api, user)["access_token"])
+    assert api.get(USER, **bearer(sign_token(claims, hs256_key=derived_key("gotrue-jwt")))).status_code == 200
+    assert api.get(USER, **bearer(sign_token(claims, hs256_key=SECRET))).status_code == 403
 
 
 def test_wrong_password_and_unknown_email_are_the_same_invalid_credentials(api, user, flavour):
@@ -455,9 +463,9 @@ def test_bad_tokens_are_bad_jwt(api, user, flavour, kind):
     elif kind == "other_secret":
         token = jwt.encode(claims, "another-secret-" + "x" * 30, algorithm="HS256")
     elif kind == "expired":
-        token = jwt.encode({**claims, "exp": int(time.time()) - 60}, SECRET, algorithm="HS256")
+        token = sign_token({**claims, "exp": int(time.time()) - 60})
     elif kind == "wrong_audience":
-        token = jwt.encode({**claims, "aud": "somebody-else"}, SECRET, algorithm="HS256")
+        token = sign_token({**claims, "aud": "somebody-else"})
     elif kind == "native_token":
         token = api.post(NATIVE_LOGIN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json").json()[
             "access_token"

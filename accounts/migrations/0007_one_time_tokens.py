@@ -10,7 +10,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("accounts", "0005_admin_api"),
+        ("accounts", "0006_signing_keys"),
     ]
 
     operations = [
