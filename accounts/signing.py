@@ -43,7 +43,7 @@ from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.crypto import salted_hmac
@@ -315,11 +315,22 @@ class KeyStore:
             ring = self._ring  # another thread may have reloaded while this one waited
             if ring is not None and self.clock() - self._loaded_at < settings.JWT_SIGNING_KEYS_CACHE_SECONDS:
                 return ring, False
-            return self._load(), True
+            try:
+                return self._load(), True
+            except DatabaseError as exc:
+                if ring is None:
+                    raise  # nothing known yet: the request answers 503
+                # PostgreSQL unreachable (or its breaker open): keep the last
+                # key set rather than fail every token check (a warm /me needs
+                # no SQL otherwise). A key cannot be revoked without the
+                # database, so only a node cut off from it alone can miss a
+                # revocation, until it reaches the database again. Retried
+                # once per cache period, not on every request.
+                self._loaded_at = self.clock()
+                logger.warning("signing keys not reloaded (%s): using the last key set", exc.__class__.__name__)
+                return ring, False
 
     def _load(self) -> KeyRing:
-        # A failure (PostgreSQL unreachable) propagates: the request answers 503
-        # rather than trusting a key set that may hold a revoked key.
         started = self.clock()
         window = retired_verify_window()
         rows = SigningKey.objects.filter(

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import IntegrityError, connection, connections, transaction
+from django.db import IntegrityError, OperationalError, connection, connections, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -34,6 +34,7 @@ from accounts.models import SigningKey, SigningKeyState
 from accounts.tests.factories import DEFAULT_PASSWORD
 from accounts.tests.support import Clock, bearer, sign_token, signing_keys_warm, token_claims
 from monitoring.models import AuditEvent
+from velro.db import breaker as db_breaker
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -323,6 +324,18 @@ def test_a_revoked_key_stops_verifying_on_another_node_within_the_cache_ttl(user
     assert node_b.verifier(kid) is not None  # the documented bound: node B may still trust it
     node_b.clock.now += 0.01
     assert node_b.verifier(kid) is None  # not a moment longer
+
+
+def test_a_warm_token_is_still_accepted_while_the_keys_cannot_be_reloaded_from_the_database(user, settings):
+    native, gotrue = both_tokens(user)
+    assert accepted(native, gotrue) == (200, 200)  # keys loaded, sessions cached
+    settings.DB_BREAKER_COOLDOWN_SECONDS = 60
+    db_breaker.trip(OperationalError("database unreachable"))  # every query of a request is refused now
+    signing.keys.clock.now += settings.JWT_SIGNING_KEYS_CACHE_SECONDS  # the key set is due for a reload
+    tokens.verified_clear()  # the signatures are checked again, against the key set
+    assert accepted(native, gotrue) == (200, 200)  # the last key set, not a 503 on every request
+    signing.keys.reset()  # a process that never loaded the keys has nothing to fall back on
+    assert accepted(native, gotrue) == (503, 503)
 
 
 # --- the management command ----------------------------------------------------------------------
