@@ -19,7 +19,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -88,10 +87,13 @@ def password_login(
     connected) the session insert."""
     user, account = _authenticate(request=request, password=password, email=email, username=username, surface=surface)
     _still_connected(request=request, account=account)
-    if not settings.GOTRUE_MAILER_AUTOCONFIRM and user.email_confirmed_at is None:
-        # Confirmation-required mode: after the right password only (a wrong
-        # one is invalid_credentials whatever the state), so this tells nothing
-        # to whoever does not know the password. Imported unconfirmed users too.
+    if user.email_confirmed_at is None:
+        # An address never confirmed (a signup in confirmation-required mode,
+        # an imported unconfirmed user, an admin-created one without
+        # email_confirm), as GoTrue whatever GOTRUE_MAILER_AUTOCONFIRM says.
+        # After the right password only (a wrong one is invalid_credentials
+        # whatever the state), so this tells nothing to whoever does not know
+        # the password.
         throttles.login_succeeded(ip=client_ip(request), account=account)
         raise onetime.EmailNotConfirmed(status=400, detail="Email not confirmed")
     tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))

@@ -36,6 +36,9 @@ class UserManager(BaseUserManager["User"]):
     def create_user(self, email: str, password: str | None = None, **extra: object) -> User:
         if not email:
             raise ValueError("Users must have an email address")
+        # An operator's user (createsuperuser, the shell): the operator vouches
+        # for the address; an unconfirmed one could not sign in.
+        extra.setdefault("email_confirmed_at", timezone.now())
         user = self.model(email=normalize_email(email), **extra)
         user.set_password(password)  # None -> unusable password
         user.save(using=self._db)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import factory
+from django.utils import timezone
 
 from accounts.models import User
 
@@ -16,3 +17,4 @@ class UserFactory(factory.django.DjangoModelFactory):
     username = None
     display_name = factory.Faker("name")
     password = factory.django.Password(DEFAULT_PASSWORD)
+    email_confirmed_at = factory.LazyFunction(timezone.now)

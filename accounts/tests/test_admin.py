@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.filters import DateFieldListFilter
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from accounts.models import PublicUser, RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
@@ -341,3 +342,21 @@ def test_admin_login_refuses_a_non_staff_user(client):
     response = client.post("/admin/login/", {"username": "PLAIN@example.com", "password": DEFAULT_PASSWORD})
     assert response.status_code == 200
     assert "_auth_user_id" not in client.session
+
+
+def test_a_user_added_from_the_admin_is_confirmed_and_signs_in(admin):
+    response = admin.post(
+        f"{USERS}add/",
+        {
+            "email": "added@example.com",
+            "password1": "violet tractor 42 umbrella",
+            "password2": "violet tractor 42 umbrella",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    added = User.objects.get(email="added@example.com")
+    assert added.email_confirmed_at is not None  # the operator vouches for the address
+    login = APIClient().post(
+        "/api/v1/auth/login", {"email": "added@example.com", "password": "violet tractor 42 umbrella"}, format="json"
+    )
+    assert login.status_code == 200, login.content

@@ -22,7 +22,7 @@ from rest_framework.test import APIClient
 
 from accounts import touch
 from accounts.importer import SupabaseUserImporter, import_supabase_users, open_export
-from accounts.models import PublicUser, User
+from accounts.models import PublicUser, Session, User
 from accounts.tests.factories import UserFactory
 from referrals.models import ReferralCode
 
@@ -295,10 +295,10 @@ def test_imported_user_logs_in_on_the_gotrue_surface_and_the_hash_becomes_argon2
     settings.SUPABASE_JWT_SECRET = "supabase-project-jwt-secret-" + "i" * 20
     run(export)
     api = APIClient()
-    response = api.post(GOTRUE_LOGIN, {"email": "bob@example.com", "password": BOB_PASSWORD}, format="json")
+    response = api.post(GOTRUE_LOGIN, {"email": "alice@example.com", "password": ALICE_PASSWORD}, format="json")
     assert response.status_code == 200, response.content
-    assert User.objects.get(pk=IDS["bob"]).password.startswith("argon2$argon2id$")
-    alice = api.post(GOTRUE_LOGIN, {"email": "alice@example.com", "password": ALICE_PASSWORD}, format="json").json()
+    assert User.objects.get(pk=IDS["alice"]).password.startswith("argon2$argon2id$")
+    alice = response.json()
     assert alice["user"]["id"] == str(IDS["alice"])
     assert alice["user"]["user_metadata"]["plan"] == "pro"
     assert alice["user"]["created_at"].startswith("2023-04-05T06:07:08.123456")
@@ -306,6 +306,18 @@ def test_imported_user_logs_in_on_the_gotrue_surface_and_the_hash_becomes_argon2
     me = api.get("/auth/v1/user", HTTP_AUTHORIZATION=f"Bearer {alice['access_token']}").json()
     assert me["phone"] == "15550001111"
     assert me["app_metadata"] == {"provider": "email", "providers": ["email"]}
+
+
+def test_an_imported_user_whose_address_was_never_confirmed_gets_email_not_confirmed_as_on_supabase(export):
+    run(export)
+    api = APIClient()
+    wrong = api.post(GOTRUE_LOGIN, {"email": "bob@example.com", "password": "not bob's password"}, format="json")
+    assert wrong.status_code == 400 and wrong.json()["error_code"] == "invalid_credentials"  # tells nothing
+    right = api.post(GOTRUE_LOGIN, {"email": "bob@example.com", "password": BOB_PASSWORD}, format="json")
+    assert right.status_code == 400 and right.json()["error_code"] == "email_not_confirmed", right.content
+    native = login(api, "bob@example.com", BOB_PASSWORD)
+    assert native.status_code == 400 and native.json()["error"] == "email_not_confirmed", native.content
+    assert not Session.objects.filter(user_id=IDS["bob"]).exists()
 
 
 def test_banned_and_passwordless_users_cannot_log_in(export):
@@ -364,6 +376,7 @@ def test_reimport_after_a_login_keeps_the_upgraded_hash_and_the_newer_last_login
 def test_reimport_of_changed_rows_updates_them_and_a_new_ban_ends_the_sessions(tmp_path, hashes, settings):
     settings.SUPABASE_JWT_SECRET = "supabase-project-jwt-secret-" + "u" * 20
     rows = export_rows(hashes)
+    rows[1]["email_confirmed_at"] = rows[1]["confirmed_at"] = CREATED  # bob may sign in
     run(write_csv(tmp_path / "first.csv", rows, broken_line=False))
     api = APIClient()
     bob = api.post(GOTRUE_LOGIN, {"email": "bob@example.com", "password": BOB_PASSWORD}, format="json").json()

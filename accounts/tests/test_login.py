@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import importlib
+from io import StringIO
+
 import pytest
+from django.apps import apps as django_apps
 from django.contrib.auth.hashers import make_password
+from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
@@ -186,3 +191,38 @@ def test_login_body_that_is_not_json_is_a_400(api):
     response = api.generic("POST", LOGIN, "{nope", content_type="application/json")
     assert response.status_code == 400
     assert response.json()["error"] == "invalid_json"
+
+
+# --- addresses never confirmed ---------------------------------------------------------------------------
+
+
+def test_an_address_never_confirmed_gets_email_not_confirmed_after_the_right_password_only(api):
+    user = UserFactory(email_confirmed_at=None)
+    wrong = api.post("/api/v1/auth/login", {"email": user.email, "password": "not the password"}, format="json")
+    assert wrong.status_code == 401 and wrong.json()["error"] == "invalid_credentials"  # tells nothing
+    right = api.post("/api/v1/auth/login", {"email": user.email, "password": DEFAULT_PASSWORD}, format="json")
+    assert right.status_code == 400 and right.json()["error"] == "email_not_confirmed"
+    assert not Session.objects.filter(user=user).exists()
+
+
+def test_users_made_by_an_operator_are_confirmed_and_sign_in(api, monkeypatch):
+    User.objects.create_user("shell@example.com", DEFAULT_PASSWORD)
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", DEFAULT_PASSWORD)
+    call_command("createsuperuser", "--noinput", "--email", "root@example.com", stdout=StringIO())
+    for email in ("shell@example.com", "root@example.com"):
+        assert User.objects.get(email=email).email_confirmed_at is not None
+        response = api.post("/api/v1/auth/login", {"email": email, "password": DEFAULT_PASSWORD}, format="json")
+        assert response.status_code == 200, response.content
+
+
+def test_the_upgrade_confirms_operator_users_and_keeps_imported_unconfirmed_ones_unconfirmed():
+    backfill = importlib.import_module("accounts.migrations.0008_confirm_operator_users").confirm_operator_users
+    operator = UserFactory(email_confirmed_at=None, app_metadata={})
+    imported = UserFactory(email_confirmed_at=None, app_metadata={"provider": "email", "providers": ["email"]})
+    confirmed = UserFactory()
+    before = confirmed.email_confirmed_at
+    backfill(django_apps, None)
+    operator.refresh_from_db(), imported.refresh_from_db(), confirmed.refresh_from_db()
+    assert operator.email_confirmed_at == operator.date_joined
+    assert imported.email_confirmed_at is None  # as unconfirmed as it was on Supabase
+    assert confirmed.email_confirmed_at == before
