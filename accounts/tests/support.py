@@ -20,6 +20,24 @@ from accounts.tests.factories import DEFAULT_PASSWORD
 
 LOGIN = "/api/v1/auth/login"
 
+# The Supabase project of the GoTrue-surface tests (supabase_project below).
+PROJECT_JWT_SECRET = "supabase-project-jwt-secret-" + "p" * 20
+ANON_KEY = "anon-key-" + "a" * 30
+SERVICE_ROLE_KEY = "service-role-key-" + "s" * 30
+STRONG = "violet tractor umbrella 42"  # passwords the validators accept
+STRONGER = "marble penguin orchestra 97"
+
+
+def supabase_project(settings: Any, *, service_role: bool = False) -> None:
+    """A GoTrue-surface test's project: its JWT secret and anon key (and
+    service-role key), rate limits off (live_server's clients all come from
+    127.0.0.1; tests about a limit turn it back on)."""
+    settings.SUPABASE_JWT_SECRET = PROJECT_JWT_SECRET
+    settings.SUPABASE_ANON_KEY = ANON_KEY
+    if service_role:
+        settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_ROLE_KEY
+    settings.RATELIMIT_ENABLE = False
+
 
 def bearer(access_token: str) -> APIClient:
     """An APIClient sending `Authorization: Bearer <access_token>`."""

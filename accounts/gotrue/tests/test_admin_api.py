@@ -22,27 +22,20 @@ from accounts.revocations import feed as revocation_feed
 from accounts.selectors import user_get
 from accounts.services import api_key_create
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import api_login, bearer, gotrue_client
+from accounts.tests.support import ANON_KEY, STRONG, STRONGER, api_login, bearer, gotrue_client, supabase_project
+from accounts.tests.support import SERVICE_ROLE_KEY as SERVICE_KEY
 from monitoring import audit
 from monitoring.models import AuditEvent
 from referrals.models import ReferralCode
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-SECRET = "supabase-project-jwt-secret-" + "m" * 20
-ANON_KEY = "anon-key-" + "n" * 30
-SERVICE_KEY = "service-role-key-" + "q" * 30
-STRONG = "violet tractor umbrella 42"
-STRONGER = "marble penguin orchestra 97"
 ADMIN = "/auth/v1/admin/users"
 
 
 @pytest.fixture(autouse=True)
 def _supabase_settings(settings):
-    settings.SUPABASE_JWT_SECRET = SECRET
-    settings.SUPABASE_ANON_KEY = ANON_KEY
-    settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_KEY
-    settings.RATELIMIT_ENABLE = False
+    supabase_project(settings, service_role=True)
 
 
 @pytest.fixture

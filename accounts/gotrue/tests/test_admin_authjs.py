@@ -8,22 +8,15 @@ import pytest
 
 from accounts.models import User
 from accounts.tests.factories import UserFactory
-from accounts.tests.support import run_authjs
+from accounts.tests.support import ANON_KEY, STRONG, run_authjs, supabase_project
+from accounts.tests.support import SERVICE_ROLE_KEY as SERVICE_KEY
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-SECRET = "supabase-project-jwt-secret-" + "v" * 20
-ANON_KEY = "anon-key-" + "v" * 30
-SERVICE_KEY = "service-role-key-" + "w" * 30
-STRONG = "violet tractor umbrella 42"
 
 
 @pytest.fixture(autouse=True)
 def _supabase_settings(settings):
-    settings.SUPABASE_JWT_SECRET = SECRET
-    settings.SUPABASE_ANON_KEY = ANON_KEY
-    settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_KEY
-    settings.RATELIMIT_ENABLE = False
+    supabase_project(settings, service_role=True)
 
 
 def test_auth_js_admin_calls_run_a_users_whole_life_with_the_service_role_key(live_server):

@@ -15,22 +15,16 @@ import pytest
 
 from accounts.models import Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import run_authjs
+from accounts.tests.support import ANON_KEY, STRONG, STRONGER, run_authjs, supabase_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-SECRET = "supabase-project-jwt-secret-" + "j" * 20
-ANON_KEY = "anon-key-" + "j" * 30
-STRONG = "violet tractor umbrella 42"
-STRONGER = "marble penguin orchestra 97"
 ORIGIN = "https://app.example"
 
 
 @pytest.fixture(autouse=True)
 def _supabase_settings(settings):
-    settings.SUPABASE_JWT_SECRET = SECRET
-    settings.SUPABASE_ANON_KEY = ANON_KEY
-    settings.RATELIMIT_ENABLE = False
+    supabase_project(settings)
 
 
 @pytest.fixture

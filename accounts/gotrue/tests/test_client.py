@@ -17,44 +17,14 @@ from supabase_auth.errors import AuthApiError, AuthInvalidCredentialsError, Auth
 
 from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import token_claims
+from accounts.tests.support import STRONG, STRONGER, supabase_project, token_claims
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-SECRET = "supabase-project-jwt-secret-" + "c" * 20
-ANON_KEY = "anon-key-" + "k" * 30
-STRONG = "violet tractor umbrella 42"
-STRONGER = "marble penguin orchestra 97"
 
 
 @pytest.fixture(autouse=True)
 def _supabase_settings(settings):
-    settings.SUPABASE_JWT_SECRET = SECRET
-    settings.SUPABASE_ANON_KEY = ANON_KEY
-    settings.RATELIMIT_ENABLE = False
-
-
-@pytest.fixture
-def make_client(live_server):
-    clients: list[SyncGoTrueClient] = []
-
-    def _make(**headers: str) -> SyncGoTrueClient:
-        client = SyncGoTrueClient(
-            url=f"{live_server.url}/auth/v1",
-            headers={"apikey": ANON_KEY, **headers},
-            auto_refresh_token=False,  # no timer threads; the tests refresh by hand
-        )
-        clients.append(client)
-        return client
-
-    yield _make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def client(make_client) -> SyncGoTrueClient:
-    return make_client()
+    supabase_project(settings)
 
 
 def test_sign_up_then_get_user_with_the_session_it_returned(client):
@@ -117,7 +87,7 @@ def test_signing_up_a_taken_email_raises_user_already_exists(client):
 @pytest.mark.parametrize("api_version", ["2024-01-01", ""])
 def test_wrong_password_raises_the_clients_invalid_credentials_error(make_client, api_version):
     """Both error flavours: the client's default header (2024-01-01), and none."""
-    client = make_client(**{"X-Supabase-Api-Version": api_version})
+    client = make_client(headers={"X-Supabase-Api-Version": api_version})
     UserFactory(email="wrong@example.com")
     with pytest.raises((AuthApiError, AuthInvalidCredentialsError)) as raised:
         client.sign_in_with_password({"email": "wrong@example.com", "password": "not the password"})

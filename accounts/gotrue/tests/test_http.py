@@ -20,7 +20,8 @@ from rest_framework.test import APIClient
 
 from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import sign_token, token_claims
+from accounts.tests.support import ANON_KEY, STRONG, sign_token, token_claims
+from accounts.tests.support import PROJECT_JWT_SECRET as SECRET
 from accounts.tokens import derived_key
 from monitoring import audit
 from monitoring.models import AuditEvent
@@ -40,9 +41,6 @@ HEALTH = "/auth/v1/health"
 NATIVE_LOGIN = "/api/v1/auth/login"
 NATIVE_REFRESH = "/api/v1/auth/refresh"
 NATIVE_ME = "/api/v1/auth/me"
-SECRET = "supabase-project-jwt-secret-" + "s" * 20
-ANON_KEY = "anon-key-" + "a" * 30
-STRONG = "violet tractor umbrella 42"
 VERSIONED = {"HTTP_X_SUPABASE_API_VERSION": "2024-01-01"}
 USER_FIELDS = {
     "id",

@@ -10,12 +10,11 @@ import pytest
 import requests
 
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import last_code_to, last_link_to, run_authjs
+from accounts.tests.support import ANON_KEY, last_code_to, last_link_to, run_authjs
 from notifications.tests.support import _enqueue_breaker_closed, celery_worker, smtp_server  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-ANON_KEY = "anon-key-" + "k" * 30
 NEW_PASSWORD = "violet tractor umbrella 42"
 REDIRECT = "https://app.example.com/auth/callback"
 

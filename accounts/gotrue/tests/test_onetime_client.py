@@ -16,7 +16,8 @@ from supabase_auth.errors import AuthApiError
 
 from accounts.models import OneTimeToken, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import last_code_to, last_link_to, mail_to
+from accounts.tests.support import ANON_KEY, last_code_to, last_link_to, mail_to
+from accounts.tests.support import SERVICE_ROLE_KEY as SERVICE_KEY
 from monitoring import audit
 from monitoring.models import AuditEvent
 from notifications.models import EmailNotification
@@ -24,7 +25,6 @@ from notifications.tests.support import _enqueue_breaker_closed, celery_worker, 
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
-ANON_KEY = "anon-key-" + "k" * 30
 NEW_PASSWORD = "violet tractor umbrella 42"
 
 
@@ -42,27 +42,6 @@ def mailbox(celery_worker, smtp_server, live_server):  # noqa: F811
     The links it renders point at this server."""
     celery_worker(env={"GOTRUE_SITE_URL": live_server.url})
     return smtp_server
-
-
-@pytest.fixture
-def make_client(live_server):
-    clients: list[SyncGoTrueClient] = []
-
-    def _make(**options) -> SyncGoTrueClient:
-        client = SyncGoTrueClient(
-            url=f"{live_server.url}/auth/v1", headers={"apikey": ANON_KEY}, auto_refresh_token=False, **options
-        )
-        clients.append(client)
-        return client
-
-    yield _make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def client(make_client) -> SyncGoTrueClient:
-    return make_client()
 
 
 def _follow(link: str) -> str:
@@ -257,9 +236,6 @@ def test_an_email_change_needs_the_codes_sent_to_both_addresses(client, mailbox)
     second = client.verify_otp({"email": "old@example.com", "token": to_old, "type": "email_change"})
     assert second.session is not None and second.user.email == "new@example.com"
     assert client.sign_in_with_password({"email": "new@example.com", "password": DEFAULT_PASSWORD}).session
-
-
-SERVICE_KEY = "service-role-key-" + "s" * 30
 
 
 @pytest.fixture

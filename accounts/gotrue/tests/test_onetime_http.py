@@ -13,11 +13,11 @@ from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.onetime import ott_issue
 from accounts.redirects import redirect_allowed, redirect_target
 from accounts.tests.factories import UserFactory
+from accounts.tests.support import ANON_KEY
 
 pytestmark = pytest.mark.django_db
 
 SITE = "https://app.example.com"
-ANON_KEY = "anon-key-" + "k" * 30
 
 
 @pytest.fixture(autouse=True)

@@ -14,22 +14,19 @@ from rest_framework.test import APIRequestFactory
 from accounts.gotrue.authentication import service_role_check
 from accounts.gotrue.errors import GoTrueError
 from accounts.tests.factories import DEFAULT_PASSWORD
+from accounts.tests.support import ANON_KEY, supabase_project
+from accounts.tests.support import PROJECT_JWT_SECRET as SECRET
+from accounts.tests.support import SERVICE_ROLE_KEY as SERVICE_KEY
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
-SECRET = "supabase-project-jwt-secret-" + "r" * 20
-ANON_KEY = "anon-key-" + "a" * 30
-SERVICE_KEY = "service-role-key-" + "s" * 30
 USER = "/auth/v1/user"
 SETTINGS = "/auth/v1/settings"
 
 
 @pytest.fixture(autouse=True)
 def _supabase_settings(settings):
-    settings.SUPABASE_JWT_SECRET = SECRET
-    settings.SUPABASE_ANON_KEY = ANON_KEY
-    settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_KEY
-    settings.RATELIMIT_ENABLE = False
+    supabase_project(settings, service_role=True)
 
 
 def legacy_key(role: str, secret: str = SECRET) -> str:
