@@ -79,3 +79,34 @@ def flush_discard() -> None:
 
 def pending() -> list[AuditEvent]:
     return list(writer.pending().values())
+
+
+# GoTrue's /admin/audit `query=<scope>:<value>` scopes -> what they match here.
+AUDIT_QUERY_SCOPES = ("author", "action", "type")
+
+
+def audit_events_page(*, page: int, per_page: int, scope: str = "", value: str = "") -> tuple[list[AuditEvent], int]:
+    """One page of the audit trail, newest first, and the total of what the
+    query matches (two queries whatever the page size). `scope`: "action" (the
+    event kind), "type" (its log type, the kind's first word: login, logout,
+    admin...) or "author" (the actor: a user id, or "service_role")."""
+    events = AuditEvent.objects.all()
+    if scope == "action":
+        events = events.filter(kind=value)
+    elif scope == "type":
+        events = events.filter(kind__startswith=value)
+    elif scope == "author":
+        actor = _uuid(value)
+        if value == "service_role":
+            events = events.filter(detail__actor=value)
+        else:
+            events = events.filter(user_id=actor) if actor is not None else events.none()
+    offset = (page - 1) * per_page
+    return list(events.order_by("-created_at", "-id")[offset : offset + per_page]), events.count()
+
+
+def _uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

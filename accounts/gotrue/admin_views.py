@@ -30,6 +30,8 @@ from accounts.gotrue.views import AdminGoTrueView, _email, _new_password_length,
 from accounts.models import User
 from accounts.serializers import StrictCharField
 from accounts.services import UNSET, PhoneTaken, UserIdTaken, UserNotFound, _Unset
+from monitoring import audit
+from monitoring.models import AuditEvent
 from velro.errors import ApiError, Conflict
 
 DEFAULT_PER_PAGE = 50  # GoTrue's
@@ -175,26 +177,12 @@ class AdminUsersView(AdminGoTrueView):
 
     @extend_schema(exclude=True)
     def get(self, request: Request) -> Response:
-        page = self._number(request, "page", 1, MAX_PAGE)
-        per_page = min(self._number(request, "per_page", DEFAULT_PER_PAGE, None), MAX_PER_PAGE)
+        page, per_page = _page(request)
         users, total = selectors.users_page(page=page, per_page=per_page)
         response = Response({"users": [admin_user_body(user) for user in users], "aud": _aud()})
         response["X-Total-Count"] = str(total)
         response["Link"] = _pagination_link(request, page=page, per_page=per_page, total=total)
         return response
-
-    @staticmethod
-    def _number(request: Request, name: str, default: int, maximum: int | None) -> int:
-        raw = request.query_params.get(name, "")
-        if raw == "":
-            return default
-        if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
-            raise validation_failed(f"Bad Pagination Parameters: invalid {name} {raw[:32]!r}")
-        value = int(raw)
-        if value < 1 or (maximum is not None and value > maximum):
-            # GoTrue takes page=0 / per_page=0 (and then fails or divides by zero): refused here.
-            raise validation_failed(f"Bad Pagination Parameters: {name} out of range")
-        return value
 
     @extend_schema(exclude=True)
     def post(self, request: Request) -> Response:
@@ -284,6 +272,66 @@ class AdminUserView(AdminGoTrueView):
         except ApiError as exc:
             raise _service_errors(exc) from None
         return Response({})
+
+
+def _number(request: Request, name: str, default: int, maximum: int | None) -> int:
+    raw = request.query_params.get(name, "")
+    if raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 19:
+        raise validation_failed(f"Bad Pagination Parameters: invalid {name} {raw[:32]!r}")
+    value = int(raw)
+    if value < 1 or (maximum is not None and value > maximum):
+        # GoTrue takes page=0 / per_page=0 (and then fails or divides by zero): refused here.
+        raise validation_failed(f"Bad Pagination Parameters: {name} out of range")
+    return value
+
+
+def _page(request: Request) -> tuple[int, int]:
+    """(page, per_page) of a list request, per_page bounded."""
+    page = _number(request, "page", 1, MAX_PAGE)
+    return page, min(_number(request, "per_page", DEFAULT_PER_PAGE, None), MAX_PER_PAGE)
+
+
+class AdminAuditView(AdminGoTrueView):
+    """GET /admin/audit?page=&per_page=&query=<author|action|type>:<value>: the
+    audit trail in GoTrue's audit log entry shape, newest first."""
+
+    @extend_schema(exclude=True)
+    def get(self, request: Request) -> Response:
+        page, per_page = _page(request)
+        scope, value = "", ""
+        query = request.query_params.get("query", "")
+        if query:
+            scope, _, value = query.partition(":")
+            if scope not in audit.AUDIT_QUERY_SCOPES or not _:
+                raise validation_failed(f"Invalid query scope: {query[:64]}")
+        events, total = audit.audit_events_page(page=page, per_page=per_page, scope=scope, value=value)
+        response = Response([_audit_entry(event) for event in events])
+        response["X-Total-Count"] = str(total)
+        response["Link"] = _pagination_link(request, page=page, per_page=per_page, total=total)
+        return response
+
+
+def _audit_entry(event: AuditEvent) -> dict[str, Any]:
+    """GoTrue's AuditLogEntry: the event in `payload` (actor, action, log type, traits)."""
+    actor = event.detail.get("actor") or (str(event.user_id) if event.user_id else "")
+    traits = {key: value for key, value in event.detail.items() if key != "actor"}
+    if event.identifier:
+        traits["identifier"] = event.identifier
+    return {
+        "instance_id": "00000000-0000-0000-0000-000000000000",
+        "id": str(event.pk),
+        "payload": {
+            "actor_id": actor,
+            "actor_username": event.identifier,
+            "action": event.kind,
+            "log_type": event.kind.split("_", 1)[0],
+            "traits": traits,
+        },
+        "created_at": _iso(event.created_at),
+        "ip_address": event.ip or "",
+    }
 
 
 def _aud() -> str:

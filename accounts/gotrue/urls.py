@@ -22,6 +22,7 @@ urlpatterns = [
     path(".well-known/jwks.json", jwks.GoTrueJwksView.as_view(), name="gotrue-jwks"),
     # The admin API (service role only): accounts/gotrue/admin_views.py.
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
+    path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
     # Everything else GoTrue serves (authorize, factors, sso...) is not
     # implemented: a 404 in GoTrue's error shape.

@@ -31,6 +31,7 @@ from referrals.models import ReferralCode
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 ADMIN = "/auth/v1/admin/users"
+AUDIT = "/auth/v1/admin/audit"
 
 
 @pytest.fixture(autouse=True)
@@ -384,6 +385,34 @@ def test_server_code_reads_a_user_from_their_jwt_with_the_service_role_key(serve
     assert server.get_user(session.access_token).user.id == str(user.pk)
 
 
+# --- the audit trail ---------------------------------------------------------------------------
+
+
+def test_the_audit_trail_lists_gotrues_entries_newest_first_and_filters_by_scope(server, live_server):
+    created = server.admin.create_user({"email": "audited@example.com", "password": STRONG})
+    server.admin.update_user_by_id(created.user.id, {"user_metadata": {"plan": "pro"}})
+    audit.flush()
+    response = _raw(live_server, "GET", f"{AUDIT}?per_page=1")
+    assert response.status_code == 200
+    assert response.headers["x-total-count"] == str(AuditEvent.objects.count())
+    [newest] = response.json()
+    assert newest["payload"]["action"] == "admin_user_updated"
+    assert newest["payload"]["actor_id"] == "service_role"
+    assert newest["payload"]["log_type"] == "admin"
+    assert set(newest) == {"instance_id", "id", "payload", "created_at", "ip_address"}
+    by_action = _raw(live_server, "GET", f"{AUDIT}?query=action:admin_user_created").json()
+    assert [entry["payload"]["action"] for entry in by_action] == ["admin_user_created"]
+    by_author = _raw(live_server, "GET", f"{AUDIT}?query=author:service_role").json()
+    assert {entry["payload"]["action"] for entry in by_author} == {"admin_user_created", "admin_user_updated"}
+    assert _raw(live_server, "GET", f"{AUDIT}?query=author:not-a-user-id").json() == []
+
+
+def test_a_bad_audit_query_or_page_is_a_400_not_a_500(live_server):
+    for query in ("query=nonsense", "query=colour:red", "page=0", "per_page=x"):
+        response = _raw(live_server, "GET", f"{AUDIT}?{query}")
+        assert (response.status_code, response.json()["code"]) == (400, "validation_failed"), query
+
+
 # --- who may call it -------------------------------------------------------------------------
 
 
@@ -392,6 +421,7 @@ def test_the_anon_key_and_a_users_token_get_403_not_admin_on_every_admin_route(l
     token = browser.sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session.access_token
     target = f"{ADMIN}/{user.pk}"
     routes = [("GET", ADMIN), ("POST", ADMIN), ("GET", target), ("PUT", target), ("DELETE", target)]
+    routes.append(("GET", AUDIT))
     for method, path in routes:
         for credential in (ANON_KEY, token):
             body = {"email": "x@example.com"}
