@@ -168,6 +168,11 @@ def test_get_claims_returns_the_claims_of_the_signed_in_session(authjs):
     assert (claims["aud"], claims["role"], claims["aal"]) == ("authenticated", "authenticated", "aal1")
     assert claims["session_id"] == str(Session.objects.get(user=user).pk)
     assert claims["is_anonymous"] is False
+    assert result["header"]["alg"] == "ES256" and result["header"]["kid"]
+    # Verified locally against the JWKS, not by asking the server (GET /user).
+    asked = [(request["method"], request["path"].split("?")[0]) for request in result["requests"]]
+    assert ("GET", "/auth/v1/.well-known/jwks.json") in asked
+    assert ("GET", "/auth/v1/user") not in asked
 
 
 def test_sign_in_anonymously_is_anonymous_provider_disabled(authjs):
