@@ -7,7 +7,6 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
-from django.utils import timezone
 
 from accounts import services
 from accounts.models import ApiKey, PublicUser, Session, User
@@ -17,12 +16,6 @@ class UserCreateForm(AdminUserCreationForm):
     class Meta:
         model = User
         fields = ("email", "username")
-
-    def save(self, commit: bool = True) -> User:
-        # The operator vouches for the address (an unconfirmed one could not sign in).
-        if self.instance.email_confirmed_at is None:
-            self.instance.email_confirmed_at = timezone.now()
-        return super().save(commit=commit)
 
 
 class UserEditForm(UserChangeForm):

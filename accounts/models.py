@@ -36,9 +36,6 @@ class UserManager(BaseUserManager["User"]):
     def create_user(self, email: str, password: str | None = None, **extra: object) -> User:
         if not email:
             raise ValueError("Users must have an email address")
-        # An operator's user (createsuperuser, the shell): the operator vouches
-        # for the address; an unconfirmed one could not sign in.
-        extra.setdefault("email_confirmed_at", timezone.now())
         user = self.model(email=normalize_email(email), **extra)
         user.set_password(password)  # None -> unusable password
         user.save(using=self._db)
@@ -71,7 +68,13 @@ class User(AbstractBaseUser, PermissionsMixin):
     user_metadata = models.JSONField(default=dict, blank=True)
     app_metadata = models.JSONField(default=dict, blank=True)
     phone = models.CharField(max_length=32, null=True, blank=True)
-    email_confirmed_at = models.DateTimeField(null=True, blank=True)
+    # Null: an address never confirmed, which cannot sign in with a password
+    # (email_not_confirmed). Set to None only by the paths that mean it (a
+    # signup in confirmation-required mode, /otp and /invite accounts, the
+    # admin API without email_confirm, an unconfirmed Supabase import); a user
+    # made any other way (createsuperuser, the Django admin, the shell) is an
+    # operator's, confirmed when made.
+    email_confirmed_at = models.DateTimeField(null=True, blank=True, default=timezone.now)
     # GoTrue's is_anonymous (`is_anonymous` itself is Django's, always False for a user).
     is_anonymous_user = models.BooleanField(default=False)
     # GoTrue's ban (admin API ban_duration): no sign-in or refresh until then.

@@ -1095,6 +1095,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     database_url=args.database_url,
                     redis_url=args.redis_url,
                     broker_url=args.broker_url,
+                    fresh_database=True,  # each run measures the same empty tables, not the last runs' rows
                 )
             )
             velro_url = velro.web.url

@@ -71,6 +71,30 @@ def venv_bin(name: str) -> str:
     raise StackError(f"{name} not found in .venv/bin (create the venv: ./scripts/run.sh or ./scripts/test.sh)")
 
 
+SECRET_KEY_FILE = BASE_DIR / "var" / "loadtest-secret-key"
+
+
+def load_test_secret_key() -> str:
+    """The load-test stacks' DJANGO_SECRET_KEY: made once, kept in var/ (mode 0600).
+
+    The stacks keep their databases between runs (unless fresh_database), and
+    what the database holds under a key derived from the secret (the signing
+    keys' private halves) must still decrypt on the next run."""
+    try:
+        return SECRET_KEY_FILE.read_text().strip()
+    except FileNotFoundError:
+        pass
+    SECRET_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    candidate = secrets.token_urlsafe(48)
+    try:
+        fd = os.open(SECRET_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another run made it first: use theirs
+        return SECRET_KEY_FILE.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(candidate + "\n")
+    return candidate
+
+
 def redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -366,7 +390,7 @@ class Stack:
             {
                 "DJANGO_SETTINGS_MODULE": "velro.settings",
                 "DJANGO_DEBUG": "false",
-                "DJANGO_SECRET_KEY": secrets.token_urlsafe(48),
+                "DJANGO_SECRET_KEY": load_test_secret_key(),
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "DATABASE_URL": self.db.url,
                 # A load test from one IP: with the limits on most requests would be 429.

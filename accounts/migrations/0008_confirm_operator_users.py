@@ -2,13 +2,15 @@
 
 Before, only signups and imports set email_confirmed_at: users made by an
 operator (createsuperuser, the Django admin, the shell) and users from before
-the GoTrue fields existed have none, and would be locked out. They are marked
+the GoTrue fields existed have none, and would be locked out. From now on the
+field defaults to the creation time (paths that mean "unconfirmed" say None). They are marked
 confirmed as of when they joined. Imported users keep what their export said:
 Supabase writes `provider` into every user's app_metadata, so those are told
 apart by it (an unconfirmed Supabase user stays unconfirmed, as it was there).
 """
 
-from django.db import migrations
+import django.utils.timezone
+from django.db import migrations, models
 
 
 def confirm_operator_users(apps, schema_editor):  # noqa: ANN001, ANN201
@@ -22,4 +24,11 @@ def confirm_operator_users(apps, schema_editor):  # noqa: ANN001, ANN201
 class Migration(migrations.Migration):
     dependencies = [("accounts", "0007_one_time_tokens")]
 
-    operations = [migrations.RunPython(confirm_operator_users, migrations.RunPython.noop, elidable=True)]
+    operations = [
+        migrations.AlterField(
+            model_name="user",
+            name="email_confirmed_at",
+            field=models.DateTimeField(blank=True, default=django.utils.timezone.now, null=True),
+        ),
+        migrations.RunPython(confirm_operator_users, migrations.RunPython.noop, elidable=True),
+    ]

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import factory
-from django.utils import timezone
 
 from accounts.models import User
 
@@ -17,4 +16,3 @@ class UserFactory(factory.django.DjangoModelFactory):
     username = None
     display_name = factory.Faker("name")
     password = factory.django.Password(DEFAULT_PASSWORD)
-    email_confirmed_at = factory.LazyFunction(timezone.now)

@@ -229,3 +229,12 @@ def test_requests_are_well_formed():
     raw = rawload.request_bytes("POST", "/x", host="127.0.0.1:1", headers={"A": "b"}, body=b"{}")
     assert raw.startswith(b"POST /x HTTP/1.1\r\nHost: 127.0.0.1:1\r\n")
     assert raw.endswith(b"\r\nA: b\r\nContent-Length: 2\r\n\r\n{}")
+
+
+def test_load_test_stacks_keep_one_secret_key_so_what_their_databases_hold_stays_readable(tmp_path, monkeypatch):
+    from loadtest import stack
+
+    monkeypatch.setattr(stack, "SECRET_KEY_FILE", tmp_path / "var" / "loadtest-secret-key")
+    first = stack.load_test_secret_key()
+    assert stack.load_test_secret_key() == first and len(first) >= 40
+    assert (tmp_path / "var" / "loadtest-secret-key").stat().st_mode & 0o777 == 0o600
