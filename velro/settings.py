@@ -107,6 +107,11 @@ else:
     if len(SECRET_KEY) < 32:
         raise ImproperlyConfigured("DJANGO_SECRET_KEY must be at least 32 characters")
 
+# Earlier secret keys, comma-separated, while a new DJANGO_SECRET_KEY rolls out:
+# what was signed or encrypted under them (sessions of the admin, the signing
+# keys' private halves) stays readable. Drop them once keys were re-made.
+SECRET_KEY_FALLBACKS = _list("DJANGO_SECRET_KEY_FALLBACKS", "")
+
 ALLOWED_HOSTS = _list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 # The largest request body accepted, in bytes (Django's default, 2.5 MiB): a
 # larger one is answered 413 unread and its connection closed. It also bounds

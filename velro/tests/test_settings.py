@@ -429,3 +429,11 @@ def test_a_service_role_key_equal_to_the_anon_key_is_refused():
     same = "k" * 40
     message = _refused(_start(SUPABASE_SERVICE_ROLE_KEY=same, SUPABASE_ANON_KEY=same), "SUPABASE_SERVICE_ROLE_KEY")
     assert "differ" in message
+
+
+def test_earlier_secret_keys_are_read_as_fallbacks():
+    earlier = "a" * 40 + ", " + "b" * 40
+    assert _started(_start("settings.SECRET_KEY_FALLBACKS", DJANGO_SECRET_KEY_FALLBACKS=earlier)) == str(
+        ["a" * 40, "b" * 40]
+    )
+    assert _started(_start("settings.SECRET_KEY_FALLBACKS")) == "[]"
