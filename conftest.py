@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from accounts import signing, tokens
 from accounts.revocations import feed as revocation_feed
 from accounts.selectors import session_l1
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import Clock
+from accounts.tests.support import Clock, gotrue_client
 from monitoring import audit
 from monitoring.checks import readiness_reset
 from velro.cache import safe_cache
@@ -174,3 +175,19 @@ def feed_on(settings):
     yield clock
     del revocation_feed.ensure_started
     revocation_feed.reset()
+
+
+@pytest.fixture
+def make_client(live_server) -> Iterator[Callable[..., Any]]:
+    """Official-client makers against this test's live server (accounts.tests.support.gotrue_client:
+    the anon key unless told otherwise), closed after the test."""
+    clients = []
+
+    def _make(**kwargs: Any):  # -> SyncGoTrueClient
+        client = gotrue_client(live_server.url, **kwargs)
+        clients.append(client)
+        return client
+
+    yield _make
+    for client in clients:
+        client.close()

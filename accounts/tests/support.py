@@ -111,17 +111,26 @@ def last_link_to(smtp_server, address: str, *, count: int = 1) -> str:
     return link_in(mail_to(smtp_server, address, count=count))
 
 
-def gotrue_client(url: str, *, apikey: str, bearer: str | None = None):  # -> SyncGoTrueClient
+def gotrue_client(
+    url: str,
+    *,
+    apikey: str | None = ANON_KEY,
+    bearer: str | None = None,
+    headers: dict[str, str] | None = None,
+    **options: Any,
+):  # -> SyncGoTrueClient
     """The official Supabase Auth Python client against a live server (`url`:
-    live_server.url), sending `apikey` (and `Authorization: Bearer <bearer>`,
-    as supabase-py's server client does with the service-role key); no
-    auto-refresh timer thread. Close it after use."""
+    live_server.url), sending `apikey` (None: none) and `Authorization: Bearer
+    <bearer>` (as supabase-py's server client does with the service-role key)
+    and `headers`; `options` go to the client. No auto-refresh timer thread:
+    the tests refresh by hand. Close it after use."""
     from supabase_auth import SyncGoTrueClient  # a dev dependency: imported only by the tests that use it
 
-    headers = {"apikey": apikey}
+    sent = {} if apikey is None else {"apikey": apikey}
     if bearer is not None:
-        headers["Authorization"] = f"Bearer {bearer}"
-    return SyncGoTrueClient(url=f"{url}/auth/v1", headers=headers, auto_refresh_token=False)
+        sent["Authorization"] = f"Bearer {bearer}"
+    sent.update(headers or {})
+    return SyncGoTrueClient(url=f"{url}/auth/v1", headers=sent, auto_refresh_token=False, **options)
 
 
 # The official @supabase/auth-js client (pinned in accounts/gotrue/tests/js/package.json,

@@ -10,7 +10,6 @@ from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
-from supabase_auth import SyncGoTrueClient
 from supabase_auth.errors import AuthInvalidJwtError
 
 from accounts import signing
@@ -102,33 +101,17 @@ def test_a_native_token_verifies_with_pyjwkclient_from_the_native_jwks(live_serv
     assert claims["sub"] == str(user.pk)
 
 
-@pytest.fixture
-def gotrue_client(live_server):
-    clients: list[SyncGoTrueClient] = []
-
-    def _make(**headers: str) -> SyncGoTrueClient:
-        client = SyncGoTrueClient(url=f"{live_server.url}/auth/v1", headers=headers, auto_refresh_token=False)
-        clients.append(client)
-        return client
-
-    yield _make
-    for client in clients:
-        client.close()
-
-
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_get_claims_verifies_an_es256_token_locally_from_the_gotrue_jwks(gotrue_client, live_server):
+def test_get_claims_verifies_an_es256_token_locally_from_the_gotrue_jwks(make_client, live_server):
     user = UserFactory(email="claims@example.com")
     session = (
-        gotrue_client(apikey=ANON_KEY)
-        .sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD})
-        .session
+        make_client(apikey=ANON_KEY).sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
     )
     assert jwt.get_unverified_header(session.access_token)["alg"] == "ES256"
     # A client without the apikey: get_claims reaches only the JWKS (an ES256
     # token is verified locally; only HS256 ones would go to /user).
-    verifier = gotrue_client()
+    verifier = make_client(apikey=None)
     claims = verifier.get_claims(session.access_token)
     assert claims["claims"]["sub"] == str(user.pk)
     assert claims["claims"]["session_id"]
@@ -144,11 +127,11 @@ def test_get_claims_verifies_an_es256_token_locally_from_the_gotrue_jwks(gotrue_
 
 @pytest.mark.integration
 @pytest.mark.django_db(transaction=True)
-def test_after_a_rotation_get_claims_fetches_the_new_key_and_old_tokens_still_work(gotrue_client):
+def test_after_a_rotation_get_claims_fetches_the_new_key_and_old_tokens_still_work(make_client):
     UserFactory(email="rotate@example.com")
-    signer = gotrue_client(apikey=ANON_KEY)
+    signer = make_client(apikey=ANON_KEY)
     old = signer.sign_in_with_password({"email": "rotate@example.com", "password": DEFAULT_PASSWORD}).session
-    verifier = gotrue_client()
+    verifier = make_client(apikey=None)
     assert verifier.get_claims(old.access_token)["claims"]["sub"]
     signing.signing_key_promote(kid=signing.signing_key_add().kid)
     new = signer.sign_in_with_password({"email": "rotate@example.com", "password": DEFAULT_PASSWORD}).session

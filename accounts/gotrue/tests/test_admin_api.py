@@ -22,7 +22,7 @@ from accounts.revocations import feed as revocation_feed
 from accounts.selectors import user_get
 from accounts.services import api_key_create
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
-from accounts.tests.support import ANON_KEY, STRONG, STRONGER, api_login, bearer, gotrue_client, supabase_project
+from accounts.tests.support import ANON_KEY, STRONG, STRONGER, api_login, bearer, supabase_project
 from accounts.tests.support import SERVICE_ROLE_KEY as SERVICE_KEY
 from monitoring import audit
 from monitoring.models import AuditEvent
@@ -40,29 +40,15 @@ def _supabase_settings(settings):
 
 
 @pytest.fixture
-def clients(live_server):
-    made = []
-
-    def _make(apikey: str = ANON_KEY, bearer: str | None = None):
-        client = gotrue_client(live_server.url, apikey=apikey, bearer=bearer)
-        made.append(client)
-        return client
-
-    yield _make
-    for client in made:
-        client.close()
-
-
-@pytest.fixture
-def server(clients):
+def server(make_client):
     """Server code: the service-role key as apikey and bearer."""
-    return clients(SERVICE_KEY, SERVICE_KEY)
+    return make_client(apikey=SERVICE_KEY, bearer=SERVICE_KEY)
 
 
 @pytest.fixture
-def browser(clients):
+def browser(make_client):
     """A frontend: the anon key."""
-    return clients(ANON_KEY)
+    return make_client()
 
 
 def _error(call) -> AuthError:
@@ -266,21 +252,21 @@ def test_server_code_updates_email_metadata_and_confirmation(server):
     assert (missing.status, missing.code) == (404, "user_not_found")
 
 
-def test_a_password_set_by_the_admin_ends_the_users_sessions_and_is_the_new_one(server, browser, clients):
+def test_a_password_set_by_the_admin_ends_the_users_sessions_and_is_the_new_one(server, browser, make_client):
     user = UserFactory(email="reset@example.com")
     session = browser.sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
     server.admin.update_user_by_id(str(user.pk), {"password": STRONGER})
     assert User.objects.get(pk=user.pk).password.startswith("argon2$argon2id$")
     refused = _error(lambda: browser.get_user(session.access_token))
     assert refused.status == 403
-    other = clients()
+    other = make_client()
     assert other.sign_in_with_password({"email": user.email, "password": STRONGER}).session is not None
 
 
 # --- bans ---------------------------------------------------------------------------------
 
 
-def test_a_ban_ends_the_users_sessions_at_once_and_refuses_login_and_refresh(server, browser, clients):
+def test_a_ban_ends_the_users_sessions_at_once_and_refuses_login_and_refresh(server, browser, make_client):
     user = UserFactory(email="ban@example.com")
     session = browser.sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
     assert browser.get_user(session.access_token).user.id == str(user.pk)
@@ -290,18 +276,18 @@ def test_a_ban_ends_the_users_sessions_at_once_and_refuses_login_and_refresh(ser
 
     refused = _error(lambda: browser.get_user(session.access_token))
     assert refused.status == 403  # the access token is refused at once
-    refresh = _error(lambda: clients()._refresh_access_token(session.refresh_token))
+    refresh = _error(lambda: make_client()._refresh_access_token(session.refresh_token))
     assert (refresh.status, refresh.code) == (400, "user_banned")
-    login = _error(lambda: clients().sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}))
+    login = _error(lambda: make_client().sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}))
     assert (login.status, login.code) == (400, "user_banned")
     # A wrong password is just that: the ban is shown only to whoever knows the password.
-    wrong = _error(lambda: clients().sign_in_with_password({"email": user.email, "password": "not it at all"}))
+    wrong = _error(lambda: make_client().sign_in_with_password({"email": user.email, "password": "not it at all"}))
     assert wrong.code == "invalid_credentials"
     assert Session.objects.filter(user=user, revoked_at__isnull=True).count() == 0
 
     server.admin.update_user_by_id(str(user.pk), {"ban_duration": "none"})
     assert User.objects.get(pk=user.pk).banned_until is None
-    assert clients().sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
+    assert make_client().sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
 
 
 def test_a_ban_refuses_the_native_login_and_the_users_api_keys_while_it_lasts(server, api, login):
@@ -348,7 +334,7 @@ def test_a_deleted_users_sessions_and_api_keys_end_and_their_rows_follow_the_cas
     assert (missing.status, missing.code) == (404, "user_not_found")
 
 
-def test_a_soft_delete_keeps_the_row_inactive_and_frees_the_address(server, browser, clients):
+def test_a_soft_delete_keeps_the_row_inactive_and_frees_the_address(server, browser, make_client):
     user = UserFactory(email="soft@example.com", user_metadata={"name": "x"})
     session = browser.sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
     server.admin.delete_user(str(user.pk), should_soft_delete=True)
@@ -358,21 +344,21 @@ def test_a_soft_delete_keeps_the_row_inactive_and_frees_the_address(server, brow
     got = server.admin.get_user_by_id(str(user.pk)).user
     assert got.email == "" and got.deleted_at is not None
     assert _error(lambda: browser.get_user(session.access_token)).status == 403
-    again = clients().sign_up({"email": "soft@example.com", "password": STRONG})
+    again = make_client().sign_up({"email": "soft@example.com", "password": STRONG})
     assert again.user.id != str(user.pk)
 
 
 # --- admin sign-out and getUser(jwt) -----------------------------------------------------------
 
 
-def test_server_code_signs_a_user_out_everywhere_with_their_token(server, browser, clients):
+def test_server_code_signs_a_user_out_everywhere_with_their_token(server, browser, make_client):
     user = UserFactory(email="signout@example.com")
     first = browser.sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
-    second = clients().sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
+    second = make_client().sign_in_with_password({"email": user.email, "password": DEFAULT_PASSWORD}).session
     server.admin.sign_out(first.access_token, "global")
     for session in (first, second):
         assert _error(lambda session=session: browser.get_user(session.access_token)).status == 403
-    refresh = _error(lambda: clients()._refresh_access_token(second.refresh_token))
+    refresh = _error(lambda: make_client()._refresh_access_token(second.refresh_token))
     assert refresh.code == "refresh_token_not_found"
     logouts = [event for event in audit.pending() if event.kind == AuditEvent.Kind.LOGOUT]
     assert logouts[-1].user_id == user.pk and logouts[-1].detail["scope"] == "global"
