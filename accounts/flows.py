@@ -179,6 +179,10 @@ def ott_request(
     )
 
 
+# GoTrue's amr methods for a session started by a link (a code is "otp").
+_LINK_METHODS = {Purpose.SIGNUP: "email/signup", Purpose.EMAIL_CHANGE_NEW: "email_change"}
+
+
 def ott_sign_in(
     *,
     request: HttpRequest,
@@ -201,7 +205,8 @@ def ott_sign_in(
         services.user_confirm_email(user=user)
     if not session:
         return token, None
-    tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
+    method = "otp" if code is not None else _LINK_METHODS.get(str(token.purpose), str(token.purpose))
+    tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request), method=method)
     onetime.ott_session_bind(token=token, session_id=tokens.session_id)
     audit.record(
         AuditEvent.Kind.LOGIN_SUCCESS,
@@ -220,7 +225,12 @@ def pkce_sign_in(*, request: HttpRequest, auth_code: str, code_verifier: str, su
     token = onetime.pkce_exchange(auth_code=auth_code, code_verifier=code_verifier)
     if not token.user.is_active:
         raise onetime.FlowStateNotFound()
-    tokens = services.session_login(user=token.user, ip=client_ip(request), user_agent=user_agent(request))
+    tokens = services.session_login(
+        user=token.user,
+        ip=client_ip(request),
+        user_agent=user_agent(request),
+        method=_LINK_METHODS.get(str(token.purpose), str(token.purpose)),
+    )
     onetime.ott_session_bind(token=token, session_id=tokens.session_id)
     audit.record(
         AuditEvent.Kind.LOGIN_SUCCESS,
@@ -368,7 +378,9 @@ def email_change_verify(
     token.user = user
     if not session:
         return token, None, True
-    tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
+    tokens = services.session_login(
+        user=user, ip=client_ip(request), user_agent=user_agent(request), method="email_change"
+    )
     audit.record(
         AuditEvent.Kind.LOGIN_SUCCESS,
         request,

@@ -201,6 +201,15 @@ class Session(models.Model):
     revoked_reason = models.CharField(max_length=32, blank=True, default="")
     ip = models.GenericIPAddressField(null=True, blank=True)
     user_agent = models.CharField(max_length=256, blank=True, default="")
+    # Authenticator assurance (accounts.mfa): aal1 after one factor (a password,
+    # a code or link), aal2 after a second one (TOTP, a recovery code, a passkey)
+    # or a passkey sign-in. Belongs to the session: a refresh keeps it, and the
+    # access tokens of the session carry it (`aal`, `amr`).
+    aal = models.CharField(max_length=4, default="aal1")
+    # How the session was authenticated, oldest first: [{"method", "timestamp"}]
+    # (GoTrue's amr claim); `factor_id` is the factor that raised it to aal2.
+    amr = models.JSONField(default=list, blank=True)
+    factor_id = models.UUIDField(null=True, blank=True)
 
     class Meta:
         db_table = "auth_sessions"
@@ -378,3 +387,139 @@ class SigningKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kid} {self.algorithm} {self.state}"
+
+
+# --- second factors (accounts.mfa) ---------------------------------------------------------
+
+
+class FactorType(models.TextChoices):
+    TOTP = "totp"
+
+
+class FactorStatus(models.TextChoices):
+    UNVERIFIED = "unverified"  # enrolled, no code verified yet: not a factor until one is
+    VERIFIED = "verified"
+
+
+class MfaFactor(models.Model):
+    """A TOTP second factor (GoTrue's mfa_factors).
+
+    The shared secret is stored encrypted (Fernet, MFA_ENCRYPTION_KEYS);
+    `last_step` is the last TOTP time step accepted, advanced by a conditional
+    UPDATE, so a code is accepted once (a replay, or a race of two verifies
+    with one code, is refused).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="mfa_factors")
+    factor_type = models.CharField(max_length=16, choices=FactorType.choices, default=FactorType.TOTP)
+    friendly_name = models.CharField(max_length=64, blank=True, default="")
+    status = models.CharField(max_length=16, choices=FactorStatus.choices, default=FactorStatus.UNVERIFIED)
+    secret_encrypted = models.TextField(blank=True, default="")
+    last_step = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    last_challenged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_mfa_factors"
+        indexes = [models.Index(fields=["user", "status"], name="auth_mfa_factor_user_status")]
+        constraints = [
+            # GoTrue refuses two factors of one user with the same friendly name.
+            models.UniqueConstraint(
+                fields=["user", "friendly_name"],
+                condition=~models.Q(friendly_name=""),
+                name="auth_mfa_factor_user_name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.factor_type} factor {self.friendly_name or self.pk} ({self.status})"
+
+
+class MfaChallenge(models.Model):
+    """One challenge of a factor (GoTrue's mfa_challenges): verified once, within its expiry."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    factor = models.ForeignKey(MfaFactor, on_delete=models.CASCADE, related_name="challenges")
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    verified_at = models.DateTimeField(null=True, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_mfa_challenges"
+
+    def __str__(self) -> str:
+        return f"challenge {self.pk} of factor {self.factor_id}"
+
+
+class RecoveryCode(models.Model):
+    """A single-use recovery code (beyond GoTrue): stored only as an HMAC under a
+    key derived from SECRET_KEY; `used_at` set by a conditional UPDATE."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="recovery_codes")
+    code_hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_mfa_recovery_codes"
+        constraints = [models.UniqueConstraint(fields=["user", "code_hash"], name="auth_recovery_code_user_hash")]
+
+    def __str__(self) -> str:
+        return f"recovery code {self.pk}"
+
+
+class Passkey(models.Model):
+    """A WebAuthn credential (a discoverable passkey) of a user (accounts.passkeys).
+
+    Only the public key is here; `sign_count` is the authenticator's counter,
+    which must grow (a regression means a cloned authenticator).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="passkeys")
+    credential_id = models.BinaryField(unique=True)
+    public_key = models.BinaryField()
+    sign_count = models.BigIntegerField(default=0)
+    transports = models.JSONField(default=list, blank=True)
+    aaguid = models.CharField(max_length=36, blank=True, default="")
+    backup_eligible = models.BooleanField(default=False)
+    backed_up = models.BooleanField(default=False)
+    friendly_name = models.CharField(max_length=64, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_passkeys"
+        indexes = [models.Index(fields=["user"], name="auth_passkey_user")]
+
+    def __str__(self) -> str:
+        return f"passkey {self.friendly_name or self.pk}"
+
+
+class WebAuthnChallenge(models.Model):
+    """A WebAuthn ceremony's challenge: random, short-lived, used once (conditional UPDATE)."""
+
+    class Kind(models.TextChoices):
+        REGISTRATION = "registration"
+        AUTHENTICATION = "authentication"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Registration and second-factor use: the user; a sign-in (discoverable credential): none.
+    user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE, related_name="webauthn_challenges")
+    session_id = models.UUIDField(null=True, blank=True)  # a second-factor use: the session it raises
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    challenge = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField()
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_webauthn_challenges"
+
+    def __str__(self) -> str:
+        return f"{self.kind} challenge {self.pk}"

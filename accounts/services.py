@@ -8,6 +8,7 @@ typed; errors are ApiError subclasses.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import uuid
@@ -74,6 +75,8 @@ class IssuedTokens:
     expires_in: int = field(default_factory=lambda: settings.ACCESS_TOKEN_TTL_SECONDS)
     api_key: ApiKey | None = None  # the primary key, on signup only (raw key shown once)
     authenticated_at: datetime | None = None  # when the session's password check happened
+    aal: str = "aal1"  # the session's assurance level (accounts.mfa)
+    amr: tuple[dict, ...] = ()  # how it was reached: ({"method", "timestamp"}, ...), oldest first
 
 
 class RefreshTokenRejected(InvalidRefreshToken):
@@ -144,8 +147,11 @@ def _session_insert(*, session: Session, token_hash: str) -> None:
         cursor.execute(
             f"""
             WITH s AS (
-                INSERT INTO {sessions} (id, user_id, created_at, expires_at, revoked_at, revoked_reason, ip, user_agent)
-                VALUES (%s, %s, %s, %s, NULL, '', %s, %s)
+                INSERT INTO {sessions} (
+                    id, user_id, created_at, expires_at, revoked_at, revoked_reason, ip, user_agent,
+                    aal, amr, factor_id
+                )
+                VALUES (%s, %s, %s, %s, NULL, '', %s, %s, %s, %s, NULL)
                 RETURNING id
             )
             INSERT INTO {tokens} (session_id, token_hash, parent_id, created_at, rotated_at)
@@ -158,6 +164,8 @@ def _session_insert(*, session: Session, token_hash: str) -> None:
                 session.expires_at,
                 session.ip,
                 session.user_agent,
+                session.aal,
+                json.dumps(session.amr),
                 token_hash,
                 session.created_at,
             ],
@@ -165,9 +173,16 @@ def _session_insert(*, session: Session, token_hash: str) -> None:
 
 
 def _issue(
-    *, user: User, session_id: uuid.UUID, refresh_token: str, now: datetime, authenticated_at: datetime
+    *,
+    user: User,
+    session_id: uuid.UUID,
+    refresh_token: str,
+    now: datetime,
+    authenticated_at: datetime,
+    aal: str = "aal1",
+    amr: list[dict] | tuple[dict, ...] = (),
 ) -> IssuedTokens:
-    access, expires_at = access_token_encode(user_id=user.pk, session_id=session_id, now=now)
+    access, expires_at = access_token_encode(user_id=user.pk, session_id=session_id, now=now, aal=aal)
     return IssuedTokens(
         user=user,
         session_id=session_id,
@@ -175,10 +190,22 @@ def _issue(
         expires_at=expires_at,
         refresh_token=refresh_token,
         authenticated_at=authenticated_at,
+        aal=aal,
+        amr=tuple(amr) or ({"method": "password", "timestamp": int(authenticated_at.timestamp())},),
     )
 
 
-def session_start(*, user: User, ip: str | None, user_agent: str, now: datetime | None = None) -> IssuedTokens:
+def session_start(
+    *,
+    user: User,
+    ip: str | None,
+    user_agent: str,
+    now: datetime | None = None,
+    method: str = "password",
+    aal: str = "aal1",
+) -> IssuedTokens:
+    """A new session reached by `method` (GoTrue's amr: password, otp, magiclink,
+    recovery, invite, passkey...) at assurance `aal`."""
     now = now or timezone.now()
     session = Session(
         id=uuid.uuid4(),
@@ -187,10 +214,27 @@ def session_start(*, user: User, ip: str | None, user_agent: str, now: datetime 
         expires_at=now + timedelta(seconds=settings.REFRESH_TOKEN_TTL_SECONDS),
         ip=ip,
         user_agent=user_agent[:256],
+        aal=aal,
+        amr=[{"method": method, "timestamp": int(now.timestamp())}],
     )
     raw = refresh_token_new()
     _session_insert(session=session, token_hash=refresh_token_hash(raw))
-    return _issue(user=user, session_id=session.id, refresh_token=raw, now=now, authenticated_at=now)
+    return _issue(
+        user=user, session_id=session.id, refresh_token=raw, now=now, authenticated_at=now, aal=aal, amr=session.amr
+    )
+
+
+def session_tokens(*, session: Session, user: User, refresh_token: str, now: datetime) -> IssuedTokens:
+    """Tokens for an existing session at its level (accounts.mfa's step-up)."""
+    return _issue(
+        user=user,
+        session_id=session.pk,
+        refresh_token=refresh_token,
+        now=now,
+        authenticated_at=session.created_at,
+        aal=session.aal,
+        amr=session.amr,
+    )
 
 
 def _rotate(*, token: RefreshToken, successor_hash: str, now: datetime) -> None:
@@ -263,6 +307,8 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
         refresh_token=successor,
         now=now,
         authenticated_at=session.created_at,
+        aal=session.aal,
+        amr=session.amr,
     )
 
 
@@ -432,10 +478,12 @@ def user_authenticate(*, user: User | None, password: str, request: HttpRequest 
     return user
 
 
-def session_login(*, user: User, ip: str | None = None, user_agent: str = "") -> IssuedTokens:
+def session_login(
+    *, user: User, ip: str | None = None, user_agent: str = "", method: str = "password", aal: str = "aal1"
+) -> IssuedTokens:
     """A new session for an authenticated user (last_login written off the request path)."""
     now = timezone.now()
-    tokens = session_start(user=user, ip=ip, user_agent=user_agent, now=now)
+    tokens = session_start(user=user, ip=ip, user_agent=user_agent, now=now, method=method, aal=aal)
     touch.last_login(user_id=user.pk, when=now)
     user.last_login = now
     return tokens

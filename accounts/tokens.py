@@ -56,8 +56,11 @@ def jwt_key() -> bytes:
     return derived_key("jwt")
 
 
-def access_token_encode(*, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime) -> tuple[str, int]:
-    """Return (token, expires_at unix seconds)."""
+def access_token_encode(
+    *, user_id: uuid.UUID, session_id: uuid.UUID, now: datetime, aal: str = "aal1"
+) -> tuple[str, int]:
+    """Return (token, expires_at unix seconds). `aal` is informational: what a
+    sensitive operation requires is read from the session (accounts.mfa)."""
     issued = int(now.timestamp())
     expires_at = issued + settings.ACCESS_TOKEN_TTL_SECONDS
     claims = {
@@ -69,6 +72,7 @@ def access_token_encode(*, user_id: uuid.UUID, session_id: uuid.UUID, now: datet
         "iat": issued,
         "nbf": issued,
         "exp": expires_at,
+        "aal": aal,
     }
     return jwt_sign(claims), expires_at
 

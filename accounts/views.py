@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import flows, onetime, selectors, services, throttles
+from accounts import flows, mfa, onetime, selectors, services, throttles
 from accounts.authentication import HasSession
 from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.serializers import (
@@ -170,6 +170,7 @@ class PasswordChangeView(APIView):
         summary="Change the password; ends every other session",
     )
     def post(self, request: Request) -> Response:
+        mfa.aal_require(user_id=request.user.pk, session_id=request.auth.session_id)
         throttles.password_change_guard(user_id=request.user.pk)
         data = PasswordChangeInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -198,6 +199,7 @@ class ApiKeyListView(APIView):
         summary="Create an API key (the full key is shown once)",
     )
     def post(self, request: Request) -> Response:
+        mfa.aal_require(user_id=request.user.pk, session_id=request.auth.session_id)
         throttles.api_key_create_guard(user_id=request.user.pk)
         data = ApiKeyCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -334,6 +336,7 @@ class EmailChangeView(APIView):
         new_email = data.validated_data["new_email"]
         if new_email.lower() == request.user.email.lower():
             raise ValidationError({"new_email": ["This is already the account's address."]})
+        mfa.aal_require(user_id=request.user.pk, session_id=request.auth.session_id)
         try:
             flows.email_change_request(request=request, user=request.user, new_email=new_email)
         except onetime.EmailExists:

@@ -269,6 +269,8 @@ def session_body(tokens: IssuedTokens) -> dict[str, Any]:
         issued_at=issued_at,
         expires_at=tokens.expires_at,
         authenticated_at=tokens.authenticated_at,
+        aal=tokens.aal,
+        amr=tokens.amr,
     )
     session = {
         "access_token": access_token,

@@ -53,7 +53,14 @@ def user_email(user: User) -> str:
 
 
 def gotrue_access_token_encode(
-    *, user: User, session_id: uuid.UUID, issued_at: int, expires_at: int, authenticated_at: datetime | None
+    *,
+    user: User,
+    session_id: uuid.UUID,
+    issued_at: int,
+    expires_at: int,
+    authenticated_at: datetime | None,
+    aal: str = "aal1",
+    amr: tuple[dict, ...] | list[dict] = (),
 ) -> str:
     claims = {
         "iss": settings.GOTRUE_ISSUER,
@@ -66,13 +73,10 @@ def gotrue_access_token_encode(
         "app_metadata": app_metadata(user),
         "user_metadata": user.user_metadata or {},
         "role": ROLE,
-        "aal": "aal1",
-        "amr": [
-            {
-                "method": "password",
-                "timestamp": int(authenticated_at.timestamp()) if authenticated_at else issued_at,
-            }
-        ],
+        "aal": aal,
+        # GoTrue lists the newest method first.
+        "amr": list(reversed(amr))
+        or [{"method": "password", "timestamp": int(authenticated_at.timestamp()) if authenticated_at else issued_at}],
         "session_id": str(session_id),
         "is_anonymous": bool(user.is_anonymous_user),
     }

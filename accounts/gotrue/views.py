@@ -20,7 +20,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import flows, onetime, selectors, services, throttles
+from accounts import flows, mfa, onetime, selectors, services, throttles
 from accounts.gotrue.authentication import (
     ADMIN_ROLES,
     GoTrueTokenAuthentication,
@@ -268,6 +268,7 @@ class UserView(GoTrueView):
             raise GoTrueError(403, "not_admin", "Updating app_metadata requires admin privileges")
         email = (data.get("email") or "").strip()
         if email and email.lower() != user.email.lower():
+            mfa.aal_require(user_id=user.pk, session_id=request.auth.session_id)
             # Secure email change: a code and link to both addresses; the address
             # changes once both are used (POST/GET /verify type=email_change).
             challenge = onetime.pkce_challenge_valid(
@@ -300,6 +301,7 @@ class UserView(GoTrueView):
     def _password_change(
         self, request: Request, password: str, current_password: str | None, nonce: str | None
     ) -> None:
+        mfa.aal_require(user_id=request.user.pk, session_id=request.auth.session_id)
         throttles.password_change_guard(user_id=request.user.pk)
         if current_password is None and settings.GOTRUE_PASSWORD_CHANGE_REQUIRES_CURRENT_PASSWORD:
             # As GoTrue: a session started by a recovery or email-code verify needs

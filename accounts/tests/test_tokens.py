@@ -141,6 +141,7 @@ def test_access_token_encode_sets_every_checked_claim():
         "iat": issued,
         "nbf": issued,
         "exp": issued + 900,
+        "aal": "aal1",
     }
     assert expires_at == issued + 900
 
