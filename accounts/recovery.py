@@ -23,7 +23,7 @@ from accounts.models import RecoveryCode
 from accounts.tokens import derived_key
 
 CODE_COUNT = 10
-# 10 groups of base32-ish characters without look-alikes (0/O, 1/I/L): 50 bits each.
+# Two groups of five characters without look-alikes (0/O, 1/I/L): 31^10, about 2^49.5, per code.
 ALPHABET = "23456789abcdefghjkmnpqrstuvwxyz"
 GROUP, GROUPS = 5, 2
 
