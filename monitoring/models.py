@@ -27,6 +27,19 @@ class AuditEvent(models.Model):
         ADMIN_LINK_GENERATED = "admin_link_generated"  # /admin/generate_link (detail: type)
         # manage.py signing_keys (accounts/signing.py): detail kid, action, from, to.
         SIGNING_KEY_CHANGED = "signing_key_changed"
+        # Second factors (accounts.mfa, accounts.totp, accounts.passkeys, accounts.recovery);
+        # detail carries factor / passkey ids, never a secret or a code.
+        MFA_FACTOR_ENROLLED = "mfa_factor_enrolled"
+        MFA_FACTOR_VERIFIED = "mfa_factor_verified"  # detail: first (the factor became verified)
+        MFA_FACTOR_UNENROLLED = "mfa_factor_unenrolled"
+        MFA_VERIFY_FAILURE = "mfa_verify_failure"  # detail: reason (wrong code, replay, expired)
+        RECOVERY_CODE_USED = "recovery_code_used"  # detail: remaining
+        RECOVERY_CODES_GENERATED = "recovery_codes_generated"
+        PASSKEY_REGISTERED = "passkey_registered"
+        PASSKEY_UPDATED = "passkey_updated"
+        PASSKEY_DELETED = "passkey_deleted"
+        PASSKEY_SIGN_COUNT_REGRESSION = "passkey_sign_count_regression"  # a cloned authenticator?
+        MFA_RESET = "mfa_reset"  # an operator removed every factor (detail: actor)
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=32, choices=Kind.choices)
