@@ -144,3 +144,13 @@ def test_an_email_change_applies_once_both_addresses_confirm(api):
     old_code = ott_code(token_id=tokens[Purpose.EMAIL_CHANGE_CURRENT].pk)
     second = api.post(f"{BASE}/email/change/confirm", {"email": "before@example.com", "code": old_code}, format="json")
     assert second.json()["changed"] is True and second.json()["user"]["email"] == "after@example.com"
+
+
+@pytest.mark.parametrize(("proof", "method"), [("code", "otp"), ("token", "magiclink")])
+def test_a_session_started_by_an_email_code_or_link_names_that_method(api, proof, method):
+    user = UserFactory()
+    issued = ott_issue(user=user, purpose=Purpose.MAGICLINK, sent_to=user.email)
+    body = {"email": user.email, "code": issued.code} if proof == "code" else {"token": issued.link_token}
+    assert api.post(f"{BASE}/email-code/verify", body, format="json").status_code == 200
+    session = Session.objects.get(user=user)
+    assert (session.aal, [entry["method"] for entry in session.amr]) == ("aal1", [method])
