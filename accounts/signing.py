@@ -52,6 +52,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 from accounts import tokens
 from accounts.models import SigningAlgorithm, SigningKey, SigningKeyState
 from monitoring.models import AuditEvent
+from velro.errors import Unavailable
 
 ALGORITHMS = tuple(SigningAlgorithm.values)  # what a stored key may be: never "none", never HS*
 RSA_KEY_BITS = 2048
@@ -279,6 +280,19 @@ class Verifier:
 class KeyRing:
     signer: Signer | None
     verifiers: dict[str, Verifier]
+    # The active key's kid when its private half could not be decrypted here.
+    undecryptable: str | None = None
+
+
+class SigningUnavailable(Unavailable):
+    """The active key cannot sign on this process (its private half does not
+    decrypt: SECRET_KEY changed without SECRET_KEY_FALLBACKS). Verifying goes
+    on (the public halves are stored in clear), so signed-in clients keep
+    working; new tokens are refused with a 503 until the operator lists the
+    old secret in SECRET_KEY_FALLBACKS or promotes a new key."""
+
+    code = "signing_key_unavailable"
+    detail = "Tokens cannot be issued right now; try again shortly"
 
 
 class KeyStore:
@@ -337,15 +351,20 @@ class KeyStore:
             Q(state__in=(SigningKeyState.ACTIVE, SigningKeyState.STANDBY))
             | Q(state=SigningKeyState.RETIRED, retired_at__gt=timezone.now() - timedelta(seconds=window))
         ).only("kid", "algorithm", "state", "public_jwk", "private_key_encrypted", "retired_at")
-        signer, verifiers = None, {}
+        signer, verifiers, undecryptable = None, {}, None
         for row in rows:
             private_key, public_key = self._material.get(row.kid, (None, None))
             if public_key is None:
                 public_key = jwt.PyJWK(row.public_jwk, algorithm=row.algorithm).key
             if row.state == SigningKeyState.ACTIVE:
-                if private_key is None:
-                    private_key = _private_key_decrypt(row.private_key_encrypted)
-                signer = Signer(kid=row.kid, algorithm=row.algorithm, private_key=private_key)
+                try:
+                    if private_key is None:
+                        private_key = _private_key_decrypt(row.private_key_encrypted)
+                    signer = Signer(kid=row.kid, algorithm=row.algorithm, private_key=private_key)
+                except SigningKeyError as exc:
+                    # Logged on every reload (once per cache period), not per request.
+                    logger.error("signing key %s: %s", row.kid, exc)
+                    undecryptable = row.kid
             self._material[row.kid] = (private_key, public_key)
             verify_until = row.retired_at.timestamp() + window if row.state == SigningKeyState.RETIRED else None
             verifiers[row.kid] = Verifier(
@@ -355,13 +374,15 @@ class KeyStore:
                 public_jwk=row.public_jwk,
                 verify_until=verify_until,
             )
-        ring = KeyRing(signer=signer, verifiers=verifiers)
+        ring = KeyRing(signer=signer, verifiers=verifiers, undecryptable=undecryptable)
         self._ring, self._loaded_at = ring, started
         return ring
 
     def signer(self) -> Signer:
         """The active key; created (race-safely) when there is none."""
         ring = self.ring()
+        if ring.undecryptable is not None:
+            raise SigningUnavailable()
         if ring.signer is None:
             signing_key_ensure_active()
             with self._lock:

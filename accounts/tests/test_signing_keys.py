@@ -117,6 +117,31 @@ def test_a_key_encrypted_under_a_previous_secret_key_still_decrypts_from_the_fal
         tokens.derived_key.cache_clear()
 
 
+def test_a_secret_key_changed_without_fallbacks_refuses_new_tokens_with_503_and_keeps_verifying(user, settings, login):
+    body = login(user)  # signed with the active key under the current SECRET_KEY
+    old_secret = settings.SECRET_KEY
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "a-brand-new-secret-key-" + "n" * 40, []
+    tokens.derived_key.cache_clear()
+    signing.keys.reset()  # a process started after the change: no decrypted key in memory
+    try:
+        assert bearer(body["access_token"]).get("/api/v1/auth/me").status_code == 200
+        response = APIClient().post(
+            "/api/v1/auth/login", {"email": user.email, "password": DEFAULT_PASSWORD}, format="json"
+        )
+        assert response.status_code == 503
+        assert response.json()["error"] == "signing_key_unavailable"
+        assert (
+            SigningKey.objects.filter(state=SigningKeyState.ACTIVE).count() == 1
+        )  # no key made behind the operator's back
+        settings.SECRET_KEY_FALLBACKS = [old_secret]  # the operator's fix
+        signing.keys.reset()
+        assert login(user)["access_token"]
+    finally:
+        settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = old_secret, []
+        tokens.derived_key.cache_clear()
+        signing.keys.reset()
+
+
 def test_the_database_refuses_a_second_active_key():
     signing.signing_key_create_active()
     second = signing._key_new(algorithm="ES256", state=SigningKeyState.ACTIVE)
