@@ -12,8 +12,9 @@ is_anonymous; any others are ignored, all but `id` may be missing.
   accounts.hashers.SupabaseBCryptPasswordHasher and are upgraded to argon2id
   on the first login (either surface). Users without one (OAuth-only,
   invited, anonymous) get an unusable password and are reported.
-- Deleted rows are skipped; banned users (banned_until in the future) are
-  imported inactive; users without an address get `<id>@no-email.invalid`.
+- Deleted rows are skipped; banned users (banned_until in the future) keep
+  their ban (User.banned_until: no sign-in until then, as in Supabase, and it
+  ends by itself); users without an address get `<id>@no-email.invalid`.
 - Rows are read lazily and written in batches (one transaction each: an
   upsert of the users and of their mirror rows; then events.users_imported,
   whose receivers add their own rows, e.g. the missing referral codes), so
@@ -72,6 +73,7 @@ WRITTEN_FIELDS = (
     "phone",
     "email_confirmed_at",
     "is_anonymous_user",
+    "banned_until",
 )
 MIRRORED = ("email", "username", "display_name")
 
@@ -106,7 +108,7 @@ class UserRow:
     app_metadata: dict
     user_metadata: dict
     phone: str | None
-    banned: bool
+    banned_until: datetime | None  # only a ban still running at import time
     is_anonymous: bool
     has_email: bool
 
@@ -134,7 +136,7 @@ class ImportReport:
         return (
             f"{self.rows_read} rows read: created {self.created}, updated {self.updated}, "
             f"unchanged {self.unchanged}, {skipped}; passwordless {self.passwordless} (unusable password), "
-            f"banned {self.banned} (inactive), without email {self.without_email}"
+            f"banned {self.banned} (until their ban ends), without email {self.without_email}"
         )
 
 
@@ -329,7 +331,7 @@ def parse_row(raw: RawRow, *, now: datetime) -> UserRow | str:
         app_metadata=_metadata(data, "raw_app_meta_data"),
         user_metadata=_metadata(data, "raw_user_meta_data"),
         phone=phone,
-        banned=banned_until is not None and banned_until > now,
+        banned_until=banned_until if banned_until is not None and banned_until > now else None,
         is_anonymous=_boolean(data, "is_anonymous"),
         has_email=bool(email),
     )
@@ -464,7 +466,7 @@ class SupabaseUserImporter:
         outcomes: list[tuple[UserRow, str]] = []
         taken: list[tuple[UserRow, uuid.UUID]] = []
         password_replaced_ids: list[uuid.UUID] = []
-        deactivated_ids: list[uuid.UUID] = []
+        banned_ids: list[uuid.UUID] = []
         for row in rows:
             holder = holders.get(row.email.lower())
             if holder is not None and holder != row.id:
@@ -481,8 +483,8 @@ class SupabaseUserImporter:
                 # Bulk writes send no model signals: end what the model would have.
                 if user.password != current.password:
                     password_replaced_ids.append(user.pk)
-                if current.is_active and not user.is_active:
-                    deactivated_ids.append(user.pk)
+                if user.is_banned(self.now) and not current.is_banned(self.now):
+                    banned_ids.append(user.pk)
             else:
                 outcomes.append((row, "unchanged"))
         changed = created + updated
@@ -500,10 +502,10 @@ class SupabaseUserImporter:
             cache_invalidate(user_key(user.pk) for user in updated)
             for user_id in password_replaced_ids:
                 services.user_sessions_end(user_id=user_id, reason="password_change")
-            # A deactivated user's tokens are all refused already (the session
-            # check reads is_active): the revocation reaches the other nodes.
-            for user_id in deactivated_ids:
-                services.user_revoke(user_id=user_id)
+            # Bulk writes send no post_save: the ban ends the sessions here, as
+            # the model's hook does for a ban saved any other way.
+            for user_id in banned_ids:
+                services.user_ban_enforce(user_id=user_id)
         # Counted only once the batch is written: a batch retried row by row
         # after a conflict is not counted twice.
         for row, holder in taken:
@@ -511,7 +513,7 @@ class SupabaseUserImporter:
         for row, outcome in outcomes:
             setattr(self.report, outcome, getattr(self.report, outcome) + 1)
             self.report.passwordless += row.password is None
-            self.report.banned += row.banned
+            self.report.banned += row.banned_until is not None
             self.report.without_email += not row.has_email
             if row.password is None and outcome == "created":
                 self.on_notice("passwordless", f"line {row.line}: {row.id} {row.email}: no password (unusable)")
@@ -526,7 +528,8 @@ class SupabaseUserImporter:
                 username=None,
                 password=row.password or make_password(None),
                 display_name=display_name_from(row.user_metadata),
-                is_active=not row.banned,
+                is_active=True,
+                banned_until=row.banned_until,
                 is_staff=False,
                 is_superuser=False,
                 date_joined=joined,
@@ -547,9 +550,10 @@ class SupabaseUserImporter:
             username=current.username,
             password=password,
             display_name=current.display_name or display_name_from(row.user_metadata),
-            # A ban in the export deactivates; it never reactivates a user an
-            # operator deactivated here.
-            is_active=current.is_active and not row.banned,
+            is_active=current.is_active,
+            # The later of the export's ban and one an operator set here: an
+            # import never lifts a ban.
+            banned_until=_later(current.banned_until, row.banned_until),
             is_staff=current.is_staff,
             is_superuser=current.is_superuser,
             date_joined=row.created_at or current.date_joined,

@@ -18,6 +18,7 @@ from pathlib import Path
 import bcrypt
 import pytest
 from django.core.management import CommandError, call_command
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts import touch
@@ -218,11 +219,17 @@ def test_import_keeps_ids_metadata_timestamps_and_bcrypt_hashes(export, hashes):
     assert bob.user_metadata == {} and bob.display_name == ""
 
 
-def test_deleted_rows_are_skipped_and_banned_users_imported_inactive(export):
+def test_deleted_rows_are_skipped_and_banned_users_keep_a_ban_that_ends_by_itself(export):
     run(export)
     assert not User.objects.filter(pk=IDS["deleted"]).exists()
-    assert User.objects.get(pk=IDS["banned"]).is_active is False
-    assert User.objects.get(pk=IDS["unbanned"]).is_active is True  # the ban is over
+    banned = User.objects.get(pk=IDS["banned"])
+    assert banned.is_active is True and banned.is_banned()
+    assert banned.banned_until.year > timezone.now().year + 90  # Supabase's "ban forever"
+    unbanned = User.objects.get(pk=IDS["unbanned"])
+    assert unbanned.is_active is True and unbanned.banned_until is None  # the ban is over
+    # The right password is answered user_banned, as GoTrue would.
+    response = login(APIClient(), banned.email, CAROL_PASSWORD)
+    assert response.status_code == 403 and response.json()["error"] == "user_banned"
 
 
 def test_passwordless_and_anonymous_users_get_an_unusable_password_and_are_reported(export):
@@ -256,7 +263,7 @@ def test_mirror_rows_and_referral_codes_exist_for_every_imported_user(export):
 def test_the_summary_counts_and_the_malformed_rows_are_reported_with_their_line(export):
     out, err = run(export)
     assert "9 rows read: created 6, updated 0, unchanged 0, skipped 3 (deleted 1, malformed 2)" in out
-    assert "banned 1 (inactive)" in out
+    assert "banned 1 (until their ban ends)" in out
     malformed = [line for line in err.splitlines() if line.startswith("malformed")]
     assert len(malformed) == 2
     # The invalid id is the 8th data row; the broken line is the last one. CSV has a header line.
@@ -323,7 +330,7 @@ def test_an_imported_user_whose_address_was_never_confirmed_gets_email_not_confi
 def test_banned_and_passwordless_users_cannot_log_in(export):
     run(export)
     api = APIClient()
-    assert login(api, "banned@example.com", CAROL_PASSWORD).status_code == 401
+    assert login(api, "banned@example.com", "not carol's password").status_code == 401
     assert login(api, "unbanned@example.com", CAROL_PASSWORD).status_code == 200
     assert login(api, "oauth@example.com", "").status_code in (400, 401)
     assert login(api, "oauth@example.com", "anything at all").status_code == 401
@@ -387,7 +394,7 @@ def test_reimport_of_changed_rows_updates_them_and_a_new_ban_ends_the_sessions(t
     out, _ = run(write_csv(tmp_path / "second.csv", rows, broken_line=False))
     assert "created 0, updated 2, unchanged 4" in out
     assert User.objects.get(pk=IDS["alice"]).user_metadata == {"full_name": "Alice Liddell", "plan": "team"}
-    assert User.objects.get(pk=IDS["bob"]).is_active is False
+    assert User.objects.get(pk=IDS["bob"]).is_banned()
     assert api.get("/auth/v1/user", **bearer).status_code == 403
     assert (
         api.post(
@@ -396,6 +403,10 @@ def test_reimport_of_changed_rows_updates_them_and_a_new_ban_ends_the_sessions(t
         == "user_banned"
     )
     assert User.objects.filter(pk__in=[IDS[name] for name in IMPORTED]).count() == 6
+    # The first export again (no ban in it): an import never lifts a ban.
+    rows[1]["banned_until"] = None
+    run(write_csv(tmp_path / "third.csv", rows, broken_line=False))
+    assert User.objects.get(pk=IDS["bob"]).is_banned()
 
 
 def test_an_address_already_taken_by_another_user_is_skipped_and_reported(tmp_path, hashes):
