@@ -157,13 +157,12 @@ def code_step(*, secret: str, code: str, now: datetime) -> int | None:
 
 
 def qr_svg(uri: str) -> str:
-    """The otpauth URI as an SVG QR code (error correction H, as GoTrue); no `#` in it,
-    so it survives as a `data:image/svg+xml;utf-8,` URI."""
+    """The otpauth URI as an SVG QR code (error correction H, as GoTrue). Its one
+    colour is named, not `#000`: as a `data:image/svg+xml;utf-8,` URI (how the
+    clients show it) a `#` would end the image."""
     buffer = io.BytesIO()
-    segno.make(uri, error="h").save(
-        buffer, kind="svg", xmldecl=False, svgns=True, nl=False, scale=QR_SCALE, dark="black"
-    )
-    return buffer.getvalue().decode("utf-8")
+    segno.make(uri, error="h").save(buffer, kind="svg", xmldecl=False, svgns=True, nl=False, scale=QR_SCALE)
+    return buffer.getvalue().decode("utf-8").replace('"#000"', '"black"')
 
 
 def qr_data_uri(svg: str) -> str:
