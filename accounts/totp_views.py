@@ -22,7 +22,7 @@ class FactorOutput(serializers.Serializer):
     id = serializers.UUIDField()
     friendly_name = serializers.CharField(allow_blank=True)
     factor_type = serializers.CharField()
-    status = serializers.ChoiceField(choices=["unverified", "verified"])
+    status = serializers.CharField(help_text="unverified or verified")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
     last_challenged_at = serializers.DateTimeField(allow_null=True)

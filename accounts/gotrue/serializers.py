@@ -209,7 +209,7 @@ class GoTrueFactorOutput(serializers.Serializer):
     id = serializers.UUIDField()
     friendly_name = serializers.CharField(required=False)
     factor_type = serializers.CharField()
-    status = serializers.ChoiceField(choices=["unverified", "verified"])
+    status = serializers.CharField(help_text="unverified or verified")
     created_at = IsoDateTimeField()
     updated_at = IsoDateTimeField()
     last_challenged_at = IsoDateTimeField(allow_null=True)

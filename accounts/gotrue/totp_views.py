@@ -32,42 +32,42 @@ def _optional(max_length: int) -> StrictCharField:
     return StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=max_length)
 
 
-class EnrollInput(serializers.Serializer):
+class GoTrueFactorEnrollInput(serializers.Serializer):
     factor_type = _optional(32)
     friendly_name = _optional(64)
     issuer = _optional(256)
     phone = _optional(64)
 
 
-class ChallengeInput(serializers.Serializer):
+class GoTrueFactorChallengeInput(serializers.Serializer):
     channel = _optional(32)
 
 
-class VerifyInput(serializers.Serializer):
+class GoTrueFactorVerifyInput(serializers.Serializer):
     challenge_id = _optional(64)
     code = _optional(32)
 
 
-class TotpOutput(serializers.Serializer):
+class GoTrueTotpOutput(serializers.Serializer):
     qr_code = serializers.CharField(help_text="An SVG image (prefix data:image/svg+xml;utf-8, to display it)")
     secret = serializers.CharField()
     uri = serializers.CharField()
 
 
-class EnrollOutput(serializers.Serializer):
+class GoTrueFactorEnrollOutput(serializers.Serializer):
     id = serializers.UUIDField()
     type = serializers.CharField()
     friendly_name = serializers.CharField(allow_blank=True)
-    totp = TotpOutput()
+    totp = GoTrueTotpOutput()
 
 
-class ChallengeOutput(serializers.Serializer):
+class GoTrueFactorChallengeOutput(serializers.Serializer):
     id = serializers.UUIDField()
     type = serializers.CharField()
     expires_at = serializers.IntegerField()
 
 
-class VerifyOutput(GoTrueSessionOutput):
+class GoTrueFactorVerifyOutput(GoTrueSessionOutput):
     recovery_codes = serializers.ListField(
         child=serializers.CharField(),
         required=False,
@@ -75,7 +75,7 @@ class VerifyOutput(GoTrueSessionOutput):
     )
 
 
-class UnenrollOutput(serializers.Serializer):
+class GoTrueFactorUnenrollOutput(serializers.Serializer):
     id = serializers.UUIDField()
 
 
@@ -95,12 +95,12 @@ class FactorsGoTrueView(GoTrueView):
 
 class FactorsView(FactorsGoTrueView):
     @extend_schema(
-        request=EnrollInput,
-        responses={200: EnrollOutput, **_errors(400, 401, 403, 415, 422, 503)},
+        request=GoTrueFactorEnrollInput,
+        responses={200: GoTrueFactorEnrollOutput, **_errors(400, 401, 403, 415, 422, 503)},
         summary="GoTrue: enroll a TOTP factor (unverified until a code is verified)",
     )
     def post(self, request: Request) -> Response:
-        data = _valid(EnrollInput, request)
+        data = _valid(GoTrueFactorEnrollInput, request)
         factor_type = data.get("factor_type") or ""
         if factor_type in DISABLED_TYPES:
             raise GoTrueError(422, *DISABLED_TYPES[factor_type])
@@ -129,7 +129,7 @@ class FactorsView(FactorsGoTrueView):
 class FactorView(FactorsGoTrueView):
     @extend_schema(
         request=None,
-        responses={200: UnenrollOutput, **_errors(401, 403, 404, 422, 503)},
+        responses={200: GoTrueFactorUnenrollOutput, **_errors(401, 403, 404, 422, 503)},
         summary="GoTrue: unenroll a factor (a verified one needs an aal2 session)",
     )
     def delete(self, request: Request, factor_id: str) -> Response:
@@ -145,13 +145,13 @@ class FactorView(FactorsGoTrueView):
 
 class FactorChallengeView(FactorsGoTrueView):
     @extend_schema(
-        request=ChallengeInput,
-        responses={200: ChallengeOutput, **_errors(400, 401, 403, 404, 415, 503)},
+        request=GoTrueFactorChallengeInput,
+        responses={200: GoTrueFactorChallengeOutput, **_errors(400, 401, 403, 404, 415, 503)},
         summary="GoTrue: challenge a factor",
     )
     def post(self, request: Request, factor_id: str) -> Response:
         if request.data:  # supabase-js sends {factorId}, supabase-py {channel: null}: both ignored
-            _valid(ChallengeInput, request)
+            _valid(GoTrueFactorChallengeInput, request)
         challenge = totp.challenge(request=request, user=request.user, factor_id=_factor_id(factor_id))
         return Response(
             {
@@ -164,12 +164,12 @@ class FactorChallengeView(FactorsGoTrueView):
 
 class FactorVerifyView(FactorsGoTrueView):
     @extend_schema(
-        request=VerifyInput,
-        responses={200: VerifyOutput, **_errors(400, 401, 403, 404, 415, 422, 429, 503)},
+        request=GoTrueFactorVerifyInput,
+        responses={200: GoTrueFactorVerifyOutput, **_errors(400, 401, 403, 404, 415, 422, 429, 503)},
         summary="GoTrue: verify a challenge with a TOTP code: the session at aal2 (new access and refresh token)",
     )
     def post(self, request: Request, factor_id: str) -> Response:
-        data = _valid(VerifyInput, request)
+        data = _valid(GoTrueFactorVerifyInput, request)
         code = (data.get("code") or "").strip()
         if not code:
             raise validation_failed("Code needs to be non-empty")
