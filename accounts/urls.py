@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, views
+from accounts import jwks, totp_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -19,5 +19,9 @@ urlpatterns = [
     path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
+    path("mfa/factors", totp_views.FactorsView.as_view(), name="auth-mfa-factors"),
+    path("mfa/factors/<str:factor_id>", totp_views.FactorView.as_view(), name="auth-mfa-factor"),
+    path("mfa/factors/<str:factor_id>/challenge", totp_views.FactorChallengeView.as_view(), name="auth-mfa-challenge"),
+    path("mfa/factors/<str:factor_id>/verify", totp_views.FactorVerifyView.as_view(), name="auth-mfa-verify"),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

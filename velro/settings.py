@@ -9,6 +9,8 @@ given. `.env.example` documents every variable read here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import tempfile
@@ -426,6 +428,27 @@ GOTRUE_SMTP_MAX_FREQUENCY = _int("GOTRUE_SMTP_MAX_FREQUENCY", 60)
 # Wrong codes a token tolerates before it is dead (GoTrue has no such bound:
 # its per-IP verify limit is the only one).
 OTT_MAX_ATTEMPTS = _int("OTT_MAX_ATTEMPTS", 5, minimum=1)
+# Second factors (accounts.totp, accounts.mfa). GoTrue's names and defaults:
+# at most MFA_MAX_ENROLLED_FACTORS factors a user (verified or not); a
+# challenge is good for MFA_CHALLENGE_EXPIRY_DURATION seconds; an unverified
+# factor never challenged is dropped after MFA_FACTOR_EXPIRY_DURATION seconds.
+MFA_MAX_ENROLLED_FACTORS = _int("MFA_MAX_ENROLLED_FACTORS", 10, minimum=1)
+MFA_CHALLENGE_EXPIRY_DURATION = _int("MFA_CHALLENGE_EXPIRY_DURATION", 300, minimum=30)
+MFA_FACTOR_EXPIRY_DURATION = _int("MFA_FACTOR_EXPIRY_DURATION", 300, minimum=60)
+# Fernet keys (comma-separated) for TOTP secrets at rest: the first encrypts,
+# all decrypt (rotation: put the new key first, keep the old ones until the
+# secrets are re-encrypted). Empty: a key derived from DJANGO_SECRET_KEY (and
+# its fallbacks), so a database dump alone does not reveal the secrets.
+MFA_ENCRYPTION_KEYS = _list("MFA_ENCRYPTION_KEYS", "")
+for _mfa_key in MFA_ENCRYPTION_KEYS:
+    try:
+        _decoded = base64.urlsafe_b64decode(_mfa_key.encode())
+    except (binascii.Error, ValueError):
+        _decoded = b""
+    if len(_decoded) != 32:
+        raise ImproperlyConfigured(
+            "MFA_ENCRYPTION_KEYS: each key must be a Fernet key (32 url-safe base64 bytes: Fernet.generate_key())"
+        )
 # Redirect targets besides GOTRUE_SITE_URL, comma-separated globs as GoTrue's
 # (`*` stops at `.` and `/`, `**` does not): anything else falls back to the site URL.
 GOTRUE_URI_ALLOW_LIST = _list("GOTRUE_URI_ALLOW_LIST", "")
@@ -473,6 +496,9 @@ RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
 # and code/link verifications from one address (GoTrue's 30 per 5 minutes for /verify).
 RATELIMIT_OTT_SEND_IP = _rate("RATELIMIT_OTT_SEND_IP", "30/3600")
 RATELIMIT_OTT_VERIFY_IP = _rate("RATELIMIT_OTT_VERIFY_IP", "30/300")
+# TOTP codes tried against one factor (GoTrue: MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY, 15 a minute):
+# 6 digits and a 3-step window make a guess 3 in a million; this caps the guesses per factor, wherever they come from.
+RATELIMIT_MFA_VERIFY_FACTOR = _rate("RATELIMIT_MFA_VERIFY_FACTOR", "15/60")
 
 # Admission control of password hashing (velro/admission.py). argon2id is
 # CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.

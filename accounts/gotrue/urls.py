@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, views
+from accounts.gotrue import admin_views, onetime_views, totp_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -24,7 +24,12 @@ urlpatterns = [
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
-    # Everything else GoTrue serves (authorize, factors, sso...) is not
+    # Second factors (TOTP): accounts/gotrue/totp_views.py.
+    path("factors", totp_views.FactorsView.as_view(), name="gotrue-factors"),
+    path("factors/<str:factor_id>", totp_views.FactorView.as_view(), name="gotrue-factor"),
+    path("factors/<str:factor_id>/challenge", totp_views.FactorChallengeView.as_view(), name="gotrue-factor-challenge"),
+    path("factors/<str:factor_id>/verify", totp_views.FactorVerifyView.as_view(), name="gotrue-factor-verify"),
+    # Everything else GoTrue serves (authorize, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
 ]

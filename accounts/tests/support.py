@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -187,3 +188,14 @@ def signing_keys_warm() -> None:
     """Load this process's signing keys (creating the first active key): what a
     running node holds between reloads, so a query budget measures the request."""
     signing.keys.signer()
+
+
+# --- TOTP second factors -------------------------------------------------------------------
+
+
+def totp_code(secret: str, *, steps: int = 0) -> str:
+    """The code of `secret` now (`steps` away: -1 the previous 30-second step)."""
+    import pyotp  # the server's own library: codes as an authenticator app computes them
+
+    totp = pyotp.TOTP(secret)
+    return totp.generate_otp(totp.timecode(datetime.now(UTC)) + steps)

@@ -414,6 +414,8 @@ const SCENARIOS = {
     out.afterSignOut = answerOf(await client.getUser(session.access_token))
     return out
   },
+
+  ...mfaScenarios(), // --- MFA (TOTP): defined at the end of this file
 }
 
 // --- main ------------------------------------------------------------------------------------
@@ -431,4 +433,91 @@ try {
 } catch (error) {
   console.error(`scenario ${scenarioName} failed:`, error)
   process.exitCode = 1
+}
+
+// --- MFA (TOTP) ------------------------------------------------------------------------------
+// The codes come from the test (computed in Python from the secret enrolled in an earlier run):
+// a scenario hands its session back (`session`) and the next run resumes it (args.session).
+
+function claimsOf(accessToken) {
+  const payload = JSON.parse(Buffer.from(accessToken.split('.')[1], 'base64url').toString())
+  return { aal: payload.aal, amr: (payload.amr ?? []).map((entry) => entry.method).sort() }
+}
+
+async function resumed(args, ctx) {
+  const client = makeClient(args, ctx)
+  const { error } = await client.setSession(args.session)
+  if (error) throw new Error(`setSession failed: ${JSON.stringify(errorOf(error))}`)
+  return client
+}
+
+function handedSession(session) {
+  return { access_token: session.access_token, refresh_token: session.refresh_token }
+}
+
+function mfaScenarios() {
+  return {
+    // Sign in, read the levels, enroll a TOTP factor: its id and secret, and the session.
+    async mfaEnroll(args, ctx) {
+      const client = makeClient(args, ctx)
+      const session = await signedIn(client, args.email, args.password)
+      const out = { before: (await client.mfa.getAuthenticatorAssuranceLevel()).data }
+      const { data, error } = await client.mfa.enroll({ factorType: 'totp', friendlyName: args.friendlyName })
+      out.enroll = { error: errorOf(error), id: data?.id, type: data?.type, friendlyName: data?.friendly_name }
+      out.qrCode = data?.totp?.qr_code
+      out.secret = data?.totp?.secret
+      out.listed = (await client.mfa.listFactors()).data
+      out.session = handedSession(session)
+      return out
+    },
+
+    // challengeAndVerify with args.code; the same code again (a replay); args.wrongCode; the
+    // levels, the factors; a refresh; a new sign-in's levels; what it may change at aal1.
+    async mfaVerify(args, ctx) {
+      const client = await resumed(args, ctx)
+      const out = {}
+      const verified = await client.mfa.challengeAndVerify({ factorId: args.factorId, code: args.code })
+      out.verify = { error: errorOf(verified.error), recoveryCodes: verified.data?.recovery_codes ?? null }
+      out.verifiedClaims = verified.data ? claimsOf(verified.data.access_token) : null
+      out.replay = errorOf((await client.mfa.challengeAndVerify({ factorId: args.factorId, code: args.code })).error)
+      out.wrong = errorOf((await client.mfa.challengeAndVerify({ factorId: args.factorId, code: args.wrongCode })).error)
+      out.level = (await client.mfa.getAuthenticatorAssuranceLevel()).data
+      const jwt = (await client.getSession()).data.session.access_token
+      out.levelFromJwt = (await client.mfa.getAuthenticatorAssuranceLevel(jwt)).data
+      out.verifiedTotp = (await client.mfa.listFactors()).data.totp.map((factor) => factor.id)
+      const refreshed = await client.refreshSession()
+      out.refreshedClaims = claimsOf(refreshed.data.session.access_token)
+      const other = makeClient(args, ctx)
+      await signedIn(other, args.email, args.password)
+      out.otherLevel = (await other.mfa.getAuthenticatorAssuranceLevel()).data
+      out.otherPassword = errorOf((await other.updateUser({ password: args.newPassword, current_password: args.password })).error)
+      out.otherEmail = errorOf((await other.updateUser({ email: args.newEmail })).error)
+      out.otherUnenroll = errorOf((await other.mfa.unenroll({ factorId: args.factorId })).error)
+      out.session = handedSession((await client.getSession()).data.session)
+      return out
+    },
+
+    // At aal2: change the password, unenroll the factor; the levels after a refresh.
+    async mfaUnenroll(args, ctx) {
+      const client = await resumed(args, ctx)
+      const out = {}
+      out.password = errorOf((await client.updateUser({ password: args.newPassword, current_password: args.password })).error)
+      const removed = await client.mfa.unenroll({ factorId: args.factorId })
+      out.unenroll = { error: errorOf(removed.error), id: removed.data?.id }
+      await client.refreshSession()
+      out.level = (await client.mfa.getAuthenticatorAssuranceLevel()).data
+      out.factors = (await client.mfa.listFactors()).data.all
+      return out
+    },
+
+    // challengeAndVerify once per args.codes item: each answer's error.
+    async mfaVerifyAttempts(args, ctx) {
+      const client = await resumed(args, ctx)
+      const errors = []
+      for (const code of args.codes) {
+        errors.push(errorOf((await client.mfa.challengeAndVerify({ factorId: args.factorId, code })).error))
+      }
+      return { errors }
+    },
+  }
 }
