@@ -80,3 +80,8 @@ def ott_send_guard(*, ip: str | None) -> None:
 def ott_verify_guard(*, ip: str | None) -> None:
     """Codes and links tried from one address (on top of each token's own attempt bound)."""
     limiter.hit("ott-verify-ip", ip or "unknown", Rate.setting("RATELIMIT_OTT_VERIFY_IP"))
+
+
+def recovery_code_guard(*, user_id: uuid.UUID) -> None:
+    """Recovery codes tried by one user (each try counts: a code is spent by its first success)."""
+    limiter.hit("recovery-code-user", str(user_id), Rate.setting("RATELIMIT_RECOVERY_CODE_USER"))

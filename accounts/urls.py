@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, views
+from accounts import jwks, recovery_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -19,5 +19,11 @@ urlpatterns = [
     path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
+    path("mfa/recovery-codes", recovery_views.RecoveryCodesView.as_view(), name="auth-mfa-recovery-codes"),
+    path(
+        "mfa/recovery-codes/verify",
+        recovery_views.RecoveryCodeVerifyView.as_view(),
+        name="auth-mfa-recovery-codes-verify",
+    ),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

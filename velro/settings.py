@@ -473,6 +473,9 @@ RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
 # and code/link verifications from one address (GoTrue's 30 per 5 minutes for /verify).
 RATELIMIT_OTT_SEND_IP = _rate("RATELIMIT_OTT_SEND_IP", "30/3600")
 RATELIMIT_OTT_VERIFY_IP = _rate("RATELIMIT_OTT_VERIFY_IP", "30/300")
+# Recovery codes tried per user (accounts/recovery_flows.py): a code has ~2^49 values,
+# so this caps noise and a stolen session's guessing, not a feasible search.
+RATELIMIT_RECOVERY_CODE_USER = _rate("RATELIMIT_RECOVERY_CODE_USER", "10/900")
 
 # Admission control of password hashing (velro/admission.py). argon2id is
 # CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.

@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, views
+from accounts.gotrue import admin_views, onetime_views, recovery_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -24,6 +24,13 @@ urlpatterns = [
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
+    # Recovery codes (beyond GoTrue): accounts/gotrue/recovery_views.py.
+    path("mfa/recovery-codes", recovery_views.RecoveryCodesView.as_view(), name="gotrue-mfa-recovery-codes"),
+    path(
+        "mfa/recovery-codes/verify",
+        recovery_views.RecoveryCodeVerifyView.as_view(),
+        name="gotrue-mfa-recovery-codes-verify",
+    ),
     # Everything else GoTrue serves (authorize, factors, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
