@@ -187,3 +187,23 @@ def signing_keys_warm() -> None:
     """Load this process's signing keys (creating the first active key): what a
     running node holds between reloads, so a query budget measures the request."""
     signing.keys.signer()
+
+
+# --- second factors --------------------------------------------------------------------------
+
+
+def session_of(access_token: str):  # -> uuid.UUID
+    """The session id an access token (either surface's) names, read without verifying it."""
+    import uuid
+
+    claims = jwt.decode(access_token, options={"verify_signature": False})
+    return uuid.UUID(claims.get("session_id") or claims["sid"])  # GoTrue's claim, or the native one
+
+
+def aal2(access_token: str) -> None:
+    """Raise the token's session to aal2 (as a verified second factor would)."""
+    from accounts import mfa
+    from accounts.models import Session
+
+    session = Session.objects.select_related("user").get(pk=session_of(access_token))
+    mfa.session_elevate(user=session.user, session_id=session.pk, method="totp")
