@@ -69,6 +69,11 @@ _CODE = re.compile(r"Your code: (\d{6,10})")
 _LINK = re.compile(r"(https?://\S+/auth/v1/verify\?\S+)")
 
 
+def text_of(message: Message) -> str:
+    """An email's text/plain part."""
+    return _text(message)
+
+
 def _text(message: Message) -> str:
     for part in message.walk():
         if part.get_content_type() == "text/plain":
