@@ -75,6 +75,9 @@ class ReadOnlyTabularInline(admin.TabularInline):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # removing a factor is the user's (at aal2) or the "Reset MFA" action's
+
 
 class MfaFactorInline(ReadOnlyTabularInline):
     """TOTP factors: what they are, never their secret (not a field here)."""
