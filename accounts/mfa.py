@@ -18,9 +18,8 @@ insufficient_aal); for a user without one, aal1 is all there is.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone

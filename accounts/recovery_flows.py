@@ -87,9 +87,7 @@ def recovery_code_verify(
             remaining = recovery.recovery_codes_remaining(user_id=user.pk)
             recovery_code_used_notify(request=request, user=user, remaining=remaining, now=now, surface=surface)
     if not spent:
-        audit.record(
-            AuditEvent.Kind.MFA_VERIFY_FAILURE, request, user_id=user.pk, method="recovery", **_tag(surface)
-        )
+        audit.record(AuditEvent.Kind.MFA_VERIFY_FAILURE, request, user_id=user.pk, method="recovery", **_tag(surface))
         raise RecoveryCodeInvalid()
     return tokens
 

@@ -4,15 +4,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('notifications', '0002_one_time_token_kinds'),
+        ("notifications", "0002_one_time_token_kinds"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='emailnotification',
-            name='kind',
-            field=models.CharField(choices=[('welcome', 'Welcome'), ('referral_credited', 'You referred someone'), ('recovery', 'Password recovery'), ('magiclink', 'Sign-in code and link'), ('confirmation', 'Confirm your address'), ('invite', 'Invitation'), ('email_change', 'Confirm an email change'), ('reauthentication', 'Reauthentication code'), ('recovery_code_used', 'A recovery code was used')], max_length=20),
+            model_name="emailnotification",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("welcome", "Welcome"),
+                    ("referral_credited", "You referred someone"),
+                    ("recovery", "Password recovery"),
+                    ("magiclink", "Sign-in code and link"),
+                    ("confirmation", "Confirm your address"),
+                    ("invite", "Invitation"),
+                    ("email_change", "Confirm an email change"),
+                    ("reauthentication", "Reauthentication code"),
+                    ("recovery_code_used", "A recovery code was used"),
+                ],
+                max_length=20,
+            ),
         ),
     ]

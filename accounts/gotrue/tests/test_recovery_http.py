@@ -62,7 +62,11 @@ def test_a_wrong_code_is_mfa_verification_failed_in_both_error_flavours(member, 
     client = _signed_in(member)
     response = client.post(VERIFY, {"code": code}, format="json")
     assert response.status_code == 422
-    assert response.json() == {"code": 422, "error_code": "mfa_verification_failed", "msg": "Invalid recovery code entered"}
+    assert response.json() == {
+        "code": 422,
+        "error_code": "mfa_verification_failed",
+        "msg": "Invalid recovery code entered",
+    }
     versioned = client.post(VERIFY, {"code": code}, format="json", **VERSIONED)
     assert versioned.json() == {"code": "mfa_verification_failed", "message": "Invalid recovery code entered"}
 
@@ -70,7 +74,9 @@ def test_a_wrong_code_is_mfa_verification_failed_in_both_error_flavours(member, 
 def test_a_used_code_is_refused(member):
     client = _signed_in(member)
     assert client.post(VERIFY, {"code": member.codes[0]}, format="json").status_code == 200
-    assert client.post(VERIFY, {"code": member.codes[0]}, format="json").json()["error_code"] == "mfa_verification_failed"
+    assert (
+        client.post(VERIFY, {"code": member.codes[0]}, format="json").json()["error_code"] == "mfa_verification_failed"
+    )
 
 
 def test_no_code_is_a_validation_failure(member):
@@ -129,6 +135,9 @@ def test_the_official_client_reads_aal2_after_a_recovery_code(make_client, live_
     client.set_session(raised["access_token"], raised["refresh_token"])
     level = client.mfa.get_authenticator_assurance_level()
     assert level.current_level == "aal2"
-    assert [entry.method for entry in level.current_authentication_methods] == ["recovery", "password"]  # newest first, as GoTrue
+    assert [entry.method for entry in level.current_authentication_methods] == [
+        "recovery",
+        "password",
+    ]  # newest first, as GoTrue
     refreshed = client.refresh_session()
     assert token_claims(refreshed.session.access_token, audience="authenticated")["aal"] == "aal2"
