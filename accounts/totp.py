@@ -393,6 +393,26 @@ def _claim_and_elevate(
     return Verification(tokens=tokens, factor=factor, first=first, recovery_codes=codes)
 
 
+def factor_code_check(*, user: User, code: str, now: datetime | None = None) -> bool:
+    """A code of one of the user's verified TOTP factors, spent (its step
+    claimed as a verify claims it, so it is accepted once): the Django admin's
+    sign-in second step (accounts.mfa.user_second_factor_check), where there
+    is no API session or challenge to raise."""
+    now = now or timezone.now()
+    for factor in MfaFactor.objects.filter(user_id=user.pk, status=FactorStatus.VERIFIED, factor_type=FactorType.TOTP):
+        secret, _ = secret_decrypt(factor.secret_encrypted)
+        step = code_step(secret=secret, code=code, now=now)
+        if step is None:
+            continue
+        claimed = (
+            MfaFactor.objects.filter(pk=factor.pk)
+            .filter(Q(last_step__isnull=True) | Q(last_step__lt=step))
+            .update(last_step=step, updated_at=now)
+        )
+        return bool(claimed)
+    return False
+
+
 def factor_unenroll(*, user_id: uuid.UUID, factor_id: uuid.UUID | str, session_id: uuid.UUID | None) -> MfaFactor:
     """Remove a factor (a verified one needs an aal2 session, as GoTrue). The
     sessions it raised go back to aal1 (GoTrue's DowngradeSessionsToAAL1); the

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, totp_views, views
+from accounts import jwks, recovery_views, totp_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -23,5 +23,11 @@ urlpatterns = [
     path("mfa/factors/<str:factor_id>", totp_views.FactorView.as_view(), name="auth-mfa-factor"),
     path("mfa/factors/<str:factor_id>/challenge", totp_views.FactorChallengeView.as_view(), name="auth-mfa-challenge"),
     path("mfa/factors/<str:factor_id>/verify", totp_views.FactorVerifyView.as_view(), name="auth-mfa-verify"),
+    path("mfa/recovery-codes", recovery_views.RecoveryCodesView.as_view(), name="auth-mfa-recovery-codes"),
+    path(
+        "mfa/recovery-codes/verify",
+        recovery_views.RecoveryCodeVerifyView.as_view(),
+        name="auth-mfa-recovery-codes-verify",
+    ),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

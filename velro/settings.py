@@ -499,6 +499,9 @@ RATELIMIT_OTT_VERIFY_IP = _rate("RATELIMIT_OTT_VERIFY_IP", "30/300")
 # TOTP codes tried against one factor (GoTrue: MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY, 15 a minute):
 # 6 digits and a 3-step window make a guess 3 in a million; this caps the guesses per factor, wherever they come from.
 RATELIMIT_MFA_VERIFY_FACTOR = _rate("RATELIMIT_MFA_VERIFY_FACTOR", "15/60")
+# Recovery codes tried per user (accounts/recovery_flows.py): a code has ~2^49 values,
+# so this caps noise and a stolen session's guessing, not a feasible search.
+RATELIMIT_RECOVERY_CODE_USER = _rate("RATELIMIT_RECOVERY_CODE_USER", "10/900")
 
 # Admission control of password hashing (velro/admission.py). argon2id is
 # CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.

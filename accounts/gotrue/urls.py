@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, totp_views, views
+from accounts.gotrue import admin_views, onetime_views, recovery_views, totp_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -29,6 +29,13 @@ urlpatterns = [
     path("factors/<str:factor_id>", totp_views.FactorView.as_view(), name="gotrue-factor"),
     path("factors/<str:factor_id>/challenge", totp_views.FactorChallengeView.as_view(), name="gotrue-factor-challenge"),
     path("factors/<str:factor_id>/verify", totp_views.FactorVerifyView.as_view(), name="gotrue-factor-verify"),
+    # Recovery codes (beyond GoTrue): accounts/gotrue/recovery_views.py.
+    path("mfa/recovery-codes", recovery_views.RecoveryCodesView.as_view(), name="gotrue-mfa-recovery-codes"),
+    path(
+        "mfa/recovery-codes/verify",
+        recovery_views.RecoveryCodeVerifyView.as_view(),
+        name="gotrue-mfa-recovery-codes-verify",
+    ),
     # Everything else GoTrue serves (authorize, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),

@@ -70,6 +70,11 @@ _CODE = re.compile(r"Your code: (\d{6,10})")
 _LINK = re.compile(r"(https?://\S+/auth/v1/verify\?\S+)")
 
 
+def text_of(message: Message) -> str:
+    """An email's text/plain part."""
+    return _text(message)
+
+
 def _text(message: Message) -> str:
     for part in message.walk():
         if part.get_content_type() == "text/plain":
@@ -199,3 +204,23 @@ def totp_code(secret: str, *, steps: int = 0) -> str:
 
     totp = pyotp.TOTP(secret)
     return totp.generate_otp(totp.timecode(datetime.now(UTC)) + steps)
+
+
+# --- second factors --------------------------------------------------------------------------
+
+
+def session_of(access_token: str):  # -> uuid.UUID
+    """The session id an access token (either surface's) names, read without verifying it."""
+    import uuid
+
+    claims = jwt.decode(access_token, options={"verify_signature": False})
+    return uuid.UUID(claims.get("session_id") or claims["sid"])  # GoTrue's claim, or the native one
+
+
+def aal2(access_token: str) -> None:
+    """Raise the token's session to aal2 (as a verified second factor would)."""
+    from accounts import mfa
+    from accounts.models import Session
+
+    session = Session.objects.select_related("user").get(pk=session_of(access_token))
+    mfa.session_elevate(user=session.user, session_id=session.pk, method="totp")
