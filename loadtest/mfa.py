@@ -2,7 +2,7 @@
 a second-factor verify on Velro (no peer: the stock peer has no MFA).
 
 Preparation, over the HTTP API: `users` accounts sign up, enroll a TOTP factor
-(POST /api/v1/auth/mfa/factors {friendly_name} -> {id, totp: {secret}}),
+(POST /api/v1/auth/mfa/factors {friendly_name} -> {factor: {id}, totp: {secret}}),
 challenge and verify it once with pyotp (which makes them aal2), and take a
 fresh set of recovery codes (POST /api/v1/auth/mfa/recovery-codes).
 
@@ -89,7 +89,7 @@ def prepare_user(client: httpx.Client, user: MfaUser) -> None:
     enrolled = _check(
         client.post(FACTORS, json={"friendly_name": "bench"}, headers=_bearer(token)), "enroll a TOTP factor"
     )
-    user.factor_id, user.secret = enrolled["id"], enrolled["totp"]["secret"]
+    user.factor_id, user.secret = enrolled["factor"]["id"], enrolled["totp"]["secret"]
     challenge = _check(client.post(f"{FACTORS}/{user.factor_id}/challenge", headers=_bearer(token)), "challenge")
     user.enrolled_step = int(time.time()) // TOTP_PERIOD
     verified = _check(
@@ -127,7 +127,7 @@ def measure_user(client: httpx.Client, samples: Samples, user: MfaUser) -> None:
         return
     factor = f"{FACTORS}/{user.factor_id}"
     response = _timed(samples, "challenge", lambda: client.post(f"{factor}/challenge", headers=_bearer(token)))
-    if response.status_code == 200:
+    if response.status_code == 201:  # a challenge is created
         body = {"challenge_id": response.json()["id"], "code": _code(user.secret)}
         verified = _timed(samples, "verify", lambda: client.post(f"{factor}/verify", json=body, headers=_bearer(token)))
         if verified.status_code == 200:

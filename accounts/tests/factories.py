@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import factory
+import pyotp
 
+from accounts import totp
 from accounts.models import FactorStatus, MfaFactor, Passkey, User
 
 DEFAULT_PASSWORD = "correct horse battery staple"
@@ -19,15 +21,19 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 
 class MfaFactorFactory(factory.django.DjangoModelFactory):
-    """A verified TOTP factor. Its secret is not set: tests that need a working
-    code enroll through the API (accounts.totp encrypts the secret)."""
+    """A verified TOTP factor whose secret (`secret=`, random by default) is stored
+    as accounts.totp stores it: codes from pyotp.TOTP(secret) verify."""
 
     class Meta:
         model = MfaFactor
 
+    class Params:
+        secret = factory.LazyFunction(pyotp.random_base32)
+
     user = factory.SubFactory(UserFactory)
     friendly_name = factory.Sequence(lambda n: f"phone {n}")
     status = FactorStatus.VERIFIED
+    secret_encrypted = factory.LazyAttribute(lambda factor: totp.secret_encrypt(factor.secret))
 
 
 class PasskeyFactory(factory.django.DjangoModelFactory):

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import re
 
+import pyotp
 import pytest
 from django.core.management import CommandError, call_command
-from rest_framework.test import APIClient
 
 from accounts import recovery
 from accounts.models import MfaFactor, Passkey, RecoveryCode, Session, User, WebAuthnChallenge
@@ -133,7 +133,8 @@ def test_after_a_reset_the_user_signs_in_with_the_password_alone(member, login):
 def staff(db):
     """A staff user with a second factor and recovery codes."""
     user = User.objects.create_superuser("staff-mfa@example.com", DEFAULT_PASSWORD)
-    MfaFactorFactory(user=user)
+    user.totp_secret = pyotp.random_base32()
+    MfaFactorFactory(user=user, secret=user.totp_secret)
     user.codes = recovery.recovery_codes_generate(user_id=user.pk)
     return user
 
@@ -180,7 +181,7 @@ def test_a_wrong_code_is_refused_audited_and_counted_as_a_failed_login(client, s
     assert recovery.recovery_codes_remaining(user_id=staff.pk) == 10
 
 
-def test_six_digits_without_the_totp_module_prove_nothing(client, staff):
+def test_a_wrong_six_digit_code_proves_nothing(client, staff):
     response = _sign_in(client, staff.email, "123456")
     assert "Invalid authenticator or recovery code" in response.content.decode()
 
@@ -197,27 +198,11 @@ def test_a_recovery_code_completes_the_sign_in_once(client, staff):
     assert "Invalid authenticator or recovery code" in again.content.decode()
 
 
-def test_a_totp_code_completes_the_sign_in(client, staff, settings):
-    """Through the TOTP factors' API (accounts.totp, another branch until merged):
-    enroll and verify with pyotp, then sign in to the admin with a fresh code."""
-    pytest.importorskip("accounts.totp", reason="accounts.totp (TOTP factors) not on this branch yet")
-    import pyotp
-
-    settings.RATELIMIT_ENABLE = False
-    MfaFactor.objects.filter(user=staff).delete()
-    api = APIClient()
-    tokens = api.post("/api/v1/auth/login", {"email": staff.email, "password": DEFAULT_PASSWORD}, format="json")
-    api.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens.json()['access_token']}")
-    enrolled = api.post("/api/v1/auth/mfa/factors", {"friendly_name": "admin phone"}, format="json").json()
-    totp = pyotp.TOTP(enrolled["totp"]["secret"])
-    factor = enrolled["id"]
-    challenge = api.post(f"/api/v1/auth/mfa/factors/{factor}/challenge", format="json").json()
-    verified = api.post(
-        f"/api/v1/auth/mfa/factors/{factor}/verify",
-        {"challenge_id": challenge["id"], "code": totp.now()},
-        format="json",
-    )
-    assert verified.status_code == 200, verified.content
-    MfaFactor.objects.filter(pk=factor).update(last_step=None)  # the enrolment's code step is not this test's point
-    response = _sign_in(client, staff.email, totp.now())
+def test_a_totp_code_completes_the_sign_in_once(client, staff):
+    code = pyotp.TOTP(staff.totp_secret).now()
+    response = _sign_in(client, staff.email, code)
     assert response.status_code == 302 and _signed_in(client)
+    client.logout()
+    replayed = _sign_in(client, staff.email, code)
+    assert "Invalid authenticator or recovery code" in replayed.content.decode()
+    assert recovery.recovery_codes_remaining(user_id=staff.pk) == 10

@@ -1,18 +1,13 @@
-"""The benchmark's mfa scenario (loadtest.mfa), against a live test server: skipped
-with a clear note where the TOTP routes answer 404; its rows and figures."""
+"""The benchmark's mfa scenario (loadtest.mfa), against a live test server: its rows and figures."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 
 from loadtest import benchmark
-from loadtest.mfa import STEPS, MfaUnavailable, Samples, _row, run_mfa
+from loadtest.mfa import STEPS, Samples, _row, run_mfa
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
-
-HAS_TOTP = importlib.util.find_spec("accounts.totp") is not None
 
 
 @pytest.fixture(autouse=True)
@@ -20,26 +15,12 @@ def _no_limits(settings):
     settings.RATELIMIT_ENABLE = False
 
 
-@pytest.mark.skipif(HAS_TOTP, reason="this build has TOTP factors: the scenario runs")
-def test_without_totp_routes_the_scenario_is_skipped_with_a_note(live_server, tmp_path):
-    with pytest.raises(MfaUnavailable, match="404"):
-        run_mfa(live_server.url, [("mfa-0@example.com", "violet tractor umbrella 42")], concurrency=1, log=print)
-    bench = benchmark.Benchmark(
-        [benchmark.velro_target(live_server.url, [])],
-        {"mfa_users": 2, "mfa_concurrency": 1},
-        tmp_path,
-        deadline_at=float("inf"),
-    )
-    bench.mfa()
-    assert bench.runs == [] and bench.notes[0].startswith("mfa: skipped:")
-
-
-@pytest.mark.skipif(not HAS_TOTP, reason="accounts.totp (TOTP factors) not in this build yet")
 def test_a_small_run_verifies_every_user_once(live_server):
     users = [(f"mfa-{i}@example.com", "violet tractor umbrella 42") for i in range(3)]
     rows = {row["step"]: row for row in run_mfa(live_server.url, users, concurrency=2, log=print)}
     assert set(rows) == set(STEPS)
-    for step in ("challenge", "verify", "me", "recovery_verify"):
+    assert rows["challenge"]["ok"] == 3 and rows["challenge"]["status_counts"] == {"201": 3}, rows["challenge"]
+    for step in ("verify", "me", "recovery_verify"):
         assert rows[step]["ok"] == 3 and rows[step]["status_counts"] == {"200": 3}, rows[step]
     assert rows["login"]["ok"] == 6
 
