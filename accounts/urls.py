@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, views
+from accounts import jwks, passkey_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -19,5 +19,29 @@ urlpatterns = [
     path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
+    path(
+        "passkeys/registration/options",
+        passkey_views.PasskeyRegistrationOptionsView.as_view(),
+        name="auth-passkey-registration-options",
+    ),
+    path(
+        "passkeys/registration/verify",
+        passkey_views.PasskeyRegistrationVerifyView.as_view(),
+        name="auth-passkey-registration-verify",
+    ),
+    path(
+        "passkeys/authentication/options",
+        passkey_views.PasskeyAuthenticationOptionsView.as_view(),
+        name="auth-passkey-authentication-options",
+    ),
+    path(
+        "passkeys/authentication/verify",
+        passkey_views.PasskeyAuthenticationVerifyView.as_view(),
+        name="auth-passkey-authentication-verify",
+    ),
+    path("passkeys/mfa/options", passkey_views.PasskeyMfaOptionsView.as_view(), name="auth-passkey-mfa-options"),
+    path("passkeys/mfa/verify", passkey_views.PasskeyMfaVerifyView.as_view(), name="auth-passkey-mfa-verify"),
+    path("passkeys", passkey_views.PasskeyListView.as_view(), name="auth-passkeys"),
+    path("passkeys/<uuid:passkey_id>", passkey_views.PasskeyDetailView.as_view(), name="auth-passkey"),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

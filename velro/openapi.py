@@ -25,6 +25,7 @@ _DESCRIPTIONS = {
     409: "email_taken / username_taken",
     413: "payload_too_large (body over REQUEST_BODY_MAX_BYTES; the connection is closed)",
     415: "unsupported_media_type (the API takes JSON)",
+    422: "too_many_passkeys / webauthn_credential_exists / webauthn_credential_not_found",
     429: "rate_limited / over_email_send_rate_limit (one email per address and purpose a minute), with Retry-After",
     503: "unavailable (database timed out or down) or overloaded (password work shed), with Retry-After",
 }

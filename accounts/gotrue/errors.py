@@ -23,6 +23,7 @@ from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from accounts.mfa import InsufficientAal
 from accounts.onetime import (
     BadCodeVerifier,
     EmailExists,
@@ -34,6 +35,7 @@ from accounts.onetime import (
     ReauthenticationNotValid,
     UserNotFoundByEmail,
 )
+from accounts.passkeys import PasskeyError
 from accounts.services import RefreshTokenRejected, SamePassword, UserBanned
 from velro.errors import (
     RETRY_AFTER_SECONDS,
@@ -226,6 +228,11 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
         return GoTrueError(422, "user_already_exists", "User already registered")
     if isinstance(exc, SamePassword):
         return GoTrueError(422, "same_password", exc.detail)
+    if isinstance(exc, PasskeyError):
+        # GoTrue's own codes (webauthn_*, too_many_passkeys), but for its 404 passkey answer.
+        return GoTrueError(exc.status, exc.gotrue_code or exc.code, exc.detail)
+    if isinstance(exc, InsufficientAal):
+        return GoTrueError(403, "insufficient_aal", exc.detail)
     if isinstance(exc, _ONE_TIME_ERRORS):
         # Their codes are GoTrue's own (otp_expired, over_email_send_rate_limit, flow_state_*...).
         return GoTrueError(exc.status, exc.code, exc.detail, headers=exc.headers)

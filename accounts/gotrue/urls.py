@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, views
+from accounts.gotrue import admin_views, onetime_views, passkey_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -24,6 +24,32 @@ urlpatterns = [
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
+    # Passkeys (accounts/gotrue/passkey_views.py); mfa/*: a passkey as second factor (Velro's).
+    path(
+        "passkeys/registration/options",
+        passkey_views.PasskeyRegistrationOptionsView.as_view(),
+        name="gotrue-passkey-registration-options",
+    ),
+    path(
+        "passkeys/registration/verify",
+        passkey_views.PasskeyRegistrationVerifyView.as_view(),
+        name="gotrue-passkey-registration-verify",
+    ),
+    path(
+        "passkeys/authentication/options",
+        passkey_views.PasskeyAuthenticationOptionsView.as_view(),
+        name="gotrue-passkey-authentication-options",
+    ),
+    path(
+        "passkeys/authentication/verify",
+        passkey_views.PasskeyAuthenticationVerifyView.as_view(),
+        name="gotrue-passkey-authentication-verify",
+    ),
+    path("passkeys/mfa/options", passkey_views.PasskeyMfaOptionsView.as_view(), name="gotrue-passkey-mfa-options"),
+    path("passkeys/mfa/verify", passkey_views.PasskeyMfaVerifyView.as_view(), name="gotrue-passkey-mfa-verify"),
+    path("passkeys", passkey_views.PasskeyListView.as_view(), name="gotrue-passkeys"),
+    path("passkeys/", passkey_views.PasskeyListView.as_view(), name="gotrue-passkeys-slash"),
+    path("passkeys/<str:passkey_id>", passkey_views.PasskeyDetailView.as_view(), name="gotrue-passkey"),
     # Everything else GoTrue serves (authorize, factors, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),
