@@ -172,9 +172,8 @@ def challenge_consume(
     now = now or timezone.now()
     bound = Q(user_id=user_id) if user_id is not None else Q(user_id__isnull=True)
     bound &= Q(session_id=session_id) if session_id is not None else Q(session_id__isnull=True)
-    claimed = (
-        WebAuthnChallenge.objects.filter(bound, pk=challenge_id, kind=kind, used_at__isnull=True)
-        .update(used_at=now)
+    claimed = WebAuthnChallenge.objects.filter(bound, pk=challenge_id, kind=kind, used_at__isnull=True).update(
+        used_at=now
     )
     if claimed != 1:
         raise ChallengeNotFound()
@@ -385,9 +384,8 @@ def _sign_count_advance(*, passkey: Passkey, received: int, backed_up: bool) -> 
     carrying one counter value cannot both pass."""
     now = timezone.now()
     grew = Q(sign_count=0) if received == 0 else Q(sign_count__lt=received)
-    updated = (
-        Passkey.objects.filter(grew, pk=passkey.pk)
-        .update(sign_count=received, last_used_at=now, updated_at=now, backed_up=backed_up)
+    updated = Passkey.objects.filter(grew, pk=passkey.pk).update(
+        sign_count=received, last_used_at=now, updated_at=now, backed_up=backed_up
     )
     if updated != 1:
         raise SignCountRegression(passkey, passkey.sign_count, received)
