@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import secrets
 import shutil
@@ -338,3 +339,64 @@ def passkey_assert(
     return client.post(
         f"{base}/{step}/verify", {"challenge_id": body["challenge_id"], "credential": credential}, format="json"
     )
+
+
+# --- a real browser: Debian's Chromium driven by Playwright ------------------------------------
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+CHROMIUM = Path(os.environ.get("VELRO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def chromium_or_skip() -> Path:
+    """The Chromium binary; tries scripts/services.sh ensure_chromium once if it is missing."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    try:
+        result = subprocess.run(
+            ["bash", "-c", "source scripts/services.sh && ensure_chromium"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        output = (result.stdout + result.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        output = repr(exc)
+    if not CHROMIUM.exists():
+        tail = " | ".join(output.splitlines()[-3:])
+        pytest.skip(f"Chromium not installed: apt-get install chromium failed ({CHROMIUM} missing; {tail})")
+    return CHROMIUM
+
+
+def sync_playwright_or_skip() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright not installed: pip install -r requirements-dev.txt (playwright==1.65.2)")
+    return sync_playwright
+
+
+def chromium_launch(playwright: Any, chromium_path: Path) -> Any:
+    """A headless Chromium of `playwright` (its sync API), Debian's binary."""
+    return playwright.chromium.launch(executable_path=str(chromium_path), headless=True, args=CHROMIUM_ARGS)
+
+
+def artifacts_dir(name: str) -> Path:
+    """test-artifacts/<name>/, emptied of the screenshots of an earlier run."""
+    path = BASE_DIR / "test-artifacts" / name
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.png"):
+        old.unlink()
+    return path
