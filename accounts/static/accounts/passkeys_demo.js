@@ -250,6 +250,7 @@ async function signOut() {
   await api('POST', '/logout?scope=global', { token: bearer() })
   showSession(null)
   showPasskeys([])
+  showRecoveryCodes([]) // shown once: not left on screen for the next person
   return null
 }
 
