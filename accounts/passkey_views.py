@@ -81,11 +81,12 @@ class PasskeyRegistrationVerifyView(SessionView):
 class PasskeyAuthenticationOptionsView(PublicView):
     @extend_schema(
         request=PasskeyEmptyInput,
-        responses={200: PasskeyCeremonyOutput, **errors(429, 503)},
+        responses={200: PasskeyCeremonyOutput, **errors(400, 415, 429, 503)},
         summary="Passkey sign-in options (discoverable credential: no allowCredentials)",
     )
     def post(self, request: Request) -> Response:
         throttles.login_ip_guard(ip=client_ip(request))
+        PasskeyEmptyInput(data=request.data).is_valid(raise_exception=True)  # a JSON object, or nothing
         return Response(ceremony_body(passkeys.passkey_authentication_options()))
 
 

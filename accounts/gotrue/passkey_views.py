@@ -99,6 +99,7 @@ class PasskeyAuthenticationOptionsView(PublicGoTrueView):
     )
     def post(self, request: Request) -> Response:
         throttles.login_ip_guard(ip=client_ip(request))  # each ceremony stores a challenge
+        _body(request)  # gotrue_meta_security (a captcha token) is not checked: no captcha here
         return Response(ceremony_body(passkeys.passkey_authentication_options()))
 
 

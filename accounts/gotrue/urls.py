@@ -48,7 +48,6 @@ urlpatterns = [
     path("passkeys/mfa/options", passkey_views.PasskeyMfaOptionsView.as_view(), name="gotrue-passkey-mfa-options"),
     path("passkeys/mfa/verify", passkey_views.PasskeyMfaVerifyView.as_view(), name="gotrue-passkey-mfa-verify"),
     path("passkeys", passkey_views.PasskeyListView.as_view(), name="gotrue-passkeys"),
-    path("passkeys/", passkey_views.PasskeyListView.as_view(), name="gotrue-passkeys-slash"),
     path("passkeys/<str:passkey_id>", passkey_views.PasskeyDetailView.as_view(), name="gotrue-passkey"),
     # Everything else GoTrue serves (authorize, factors, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
