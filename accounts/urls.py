@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, recovery_views, totp_views, views
+from accounts import jwks, passkey_views, recovery_views, totp_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -29,5 +29,29 @@ urlpatterns = [
         recovery_views.RecoveryCodeVerifyView.as_view(),
         name="auth-mfa-recovery-codes-verify",
     ),
+    path(
+        "passkeys/registration/options",
+        passkey_views.PasskeyRegistrationOptionsView.as_view(),
+        name="auth-passkey-registration-options",
+    ),
+    path(
+        "passkeys/registration/verify",
+        passkey_views.PasskeyRegistrationVerifyView.as_view(),
+        name="auth-passkey-registration-verify",
+    ),
+    path(
+        "passkeys/authentication/options",
+        passkey_views.PasskeyAuthenticationOptionsView.as_view(),
+        name="auth-passkey-authentication-options",
+    ),
+    path(
+        "passkeys/authentication/verify",
+        passkey_views.PasskeyAuthenticationVerifyView.as_view(),
+        name="auth-passkey-authentication-verify",
+    ),
+    path("passkeys/mfa/options", passkey_views.PasskeyMfaOptionsView.as_view(), name="auth-passkey-mfa-options"),
+    path("passkeys/mfa/verify", passkey_views.PasskeyMfaVerifyView.as_view(), name="auth-passkey-mfa-verify"),
+    path("passkeys", passkey_views.PasskeyListView.as_view(), name="auth-passkeys"),
+    path("passkeys/<uuid:passkey_id>", passkey_views.PasskeyDetailView.as_view(), name="auth-passkey"),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

@@ -455,6 +455,54 @@ GOTRUE_URI_ALLOW_LIST = _list("GOTRUE_URI_ALLOW_LIST", "")
 # How long a PKCE auth code from GET /verify may wait for /token?grant_type=pkce
 # (GoTrue's GOTRUE_EXTERNAL_FLOW_STATE_EXPIRY_DURATION default: 300 s).
 GOTRUE_FLOW_STATE_EXPIRY = _int("GOTRUE_FLOW_STATE_EXPIRY", 300, minimum=10)
+# Passkeys (WebAuthn, accounts.passkeys). The relying party: its id (a
+# domain, never an IP: browsers refuse those), its display name, and the
+# origins whose pages may run the ceremonies (scheme://host[:port], each on the
+# RP id or a subdomain of it). Defaults fit local development: the host of
+# GOTRUE_SITE_URL, or `localhost` when that is an IP address (with
+# http://localhost:<site port> as the origin). Checked strictly at start-up:
+# outside DEBUG an origin must be https unless its host is localhost (a secure
+# context browsers allow); an origin outside the RP id is refused.
+_site = urlsplit(GOTRUE_SITE_URL)
+_site_host = _site.hostname or "localhost"
+try:
+    ipaddress.ip_address(_site_host)
+    _site_is_ip = True
+except ValueError:
+    _site_is_ip = False
+WEBAUTHN_RP_ID = _str("WEBAUTHN_RP_ID", "") or ("localhost" if _site_is_ip else _site_host)
+WEBAUTHN_RP_NAME = _str("WEBAUTHN_RP_NAME", "Velro")
+WEBAUTHN_ORIGINS = _list(
+    "WEBAUTHN_ORIGINS",
+    f"{_site.scheme}://localhost:{_site.port or 8000}" if _site_is_ip else GOTRUE_SITE_URL,
+)
+
+
+def _webauthn_origins_check(rp_id: str, origins: list[str], debug: bool) -> None:
+    if not rp_id or "/" in rp_id or ":" in rp_id:
+        raise ImproperlyConfigured(f"WEBAUTHN_RP_ID={rp_id!r}: a domain name (e.g. example.com)")
+    if not origins:
+        raise ImproperlyConfigured("WEBAUTHN_ORIGINS: at least one origin")
+    for origin in origins:
+        parts = urlsplit(origin)
+        host = parts.hostname or ""
+        if parts.scheme not in ("https", "http") or parts.path not in ("", "/") or parts.query or not host:
+            raise ImproperlyConfigured(f"WEBAUTHN_ORIGINS: {origin!r} is not an origin (scheme://host[:port])")
+        if host != rp_id and not host.endswith(f".{rp_id}"):
+            raise ImproperlyConfigured(f"WEBAUTHN_ORIGINS: {origin!r} is outside WEBAUTHN_RP_ID={rp_id!r}")
+        if parts.scheme == "http" and host != "localhost" and not debug:
+            raise ImproperlyConfigured(f"WEBAUTHN_ORIGINS: {origin!r} must be https (http only for localhost)")
+
+
+_webauthn_origins_check(WEBAUTHN_RP_ID, WEBAUTHN_ORIGINS, DEBUG)
+# Seconds a ceremony's challenge lives (GoTrue: GOTRUE_WEBAUTHN_CHALLENGE_EXPIRY_DURATION).
+WEBAUTHN_CHALLENGE_EXPIRY = _int("WEBAUTHN_CHALLENGE_EXPIRY", 300, minimum=30)
+# Passkeys one user may hold (GoTrue: GOTRUE_PASSKEY_MAX_PASSKEYS_PER_USER).
+PASSKEY_MAX_PER_USER = _int("PASSKEY_MAX_PER_USER", 10, minimum=1)
+# GET /passkeys/demo/: a page that runs every passkey call against /auth/v1
+# in a browser (the browser tests use it). It carries SUPABASE_ANON_KEY, the
+# public key any browser client holds anyway. On in DEBUG, off by default in production.
+PASSKEY_DEMO_PAGE = _bool("PASSKEY_DEMO_PAGE", DEBUG)
 # Browser origins allowed to call /auth/v1/ (CORS), "*" = any, as Supabase's
 # gateway answers. Bearer tokens only, no cookies: no ambient credentials to abuse.
 GOTRUE_CORS_ALLOWED_ORIGINS = _list("GOTRUE_CORS_ALLOWED_ORIGINS", "*")

@@ -36,6 +36,7 @@ from accounts.onetime import (
     ReauthenticationNotValid,
     UserNotFoundByEmail,
 )
+from accounts.passkeys import PasskeyError
 from accounts.services import RefreshTokenRejected, SamePassword, UserBanned
 from accounts.totp import MfaError, UnenrollNeedsAal2
 from velro.errors import (
@@ -229,6 +230,9 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
         return GoTrueError(422, "user_already_exists", "User already registered")
     if isinstance(exc, SamePassword):
         return GoTrueError(422, "same_password", exc.detail)
+    if isinstance(exc, PasskeyError):
+        # GoTrue's own codes (webauthn_*, too_many_passkeys), but for its 404 passkey answer.
+        return GoTrueError(exc.status, exc.gotrue_code or exc.code, exc.detail)
     if isinstance(exc, UnenrollNeedsAal2):
         return GoTrueError(422, exc.code, exc.detail)  # GoTrue's status for this one
     if isinstance(exc, (InsufficientAal, MfaError)):

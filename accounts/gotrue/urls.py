@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, recovery_views, totp_views, views
+from accounts.gotrue import admin_views, onetime_views, passkey_views, recovery_views, totp_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -36,6 +36,31 @@ urlpatterns = [
         recovery_views.RecoveryCodeVerifyView.as_view(),
         name="gotrue-mfa-recovery-codes-verify",
     ),
+    # Passkeys (accounts/gotrue/passkey_views.py); mfa/*: a passkey as second factor (Velro's).
+    path(
+        "passkeys/registration/options",
+        passkey_views.PasskeyRegistrationOptionsView.as_view(),
+        name="gotrue-passkey-registration-options",
+    ),
+    path(
+        "passkeys/registration/verify",
+        passkey_views.PasskeyRegistrationVerifyView.as_view(),
+        name="gotrue-passkey-registration-verify",
+    ),
+    path(
+        "passkeys/authentication/options",
+        passkey_views.PasskeyAuthenticationOptionsView.as_view(),
+        name="gotrue-passkey-authentication-options",
+    ),
+    path(
+        "passkeys/authentication/verify",
+        passkey_views.PasskeyAuthenticationVerifyView.as_view(),
+        name="gotrue-passkey-authentication-verify",
+    ),
+    path("passkeys/mfa/options", passkey_views.PasskeyMfaOptionsView.as_view(), name="gotrue-passkey-mfa-options"),
+    path("passkeys/mfa/verify", passkey_views.PasskeyMfaVerifyView.as_view(), name="gotrue-passkey-mfa-verify"),
+    path("passkeys", passkey_views.PasskeyListView.as_view(), name="gotrue-passkeys"),
+    path("passkeys/<str:passkey_id>", passkey_views.PasskeyDetailView.as_view(), name="gotrue-passkey"),
     # Everything else GoTrue serves (authorize, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),

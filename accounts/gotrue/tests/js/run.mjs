@@ -420,19 +420,70 @@ const SCENARIOS = {
 
 // --- main ------------------------------------------------------------------------------------
 
-const [scenarioName, rawArgs = '{}'] = process.argv.slice(2)
-const scenario = Object.hasOwn(SCENARIOS, scenarioName) ? SCENARIOS[scenarioName] : null
-if (!scenario) {
-  console.error(`unknown scenario ${JSON.stringify(scenarioName)}; known: ${Object.keys(SCENARIOS).join(', ')}`)
-  process.exit(2)
+// Run once the whole module was evaluated: the blocks after this one add their scenarios to SCENARIOS.
+async function main() {
+  const [scenarioName, rawArgs = '{}'] = process.argv.slice(2)
+  const scenario = Object.hasOwn(SCENARIOS, scenarioName) ? SCENARIOS[scenarioName] : null
+  if (!scenario) {
+    console.error(`unknown scenario ${JSON.stringify(scenarioName)}; known: ${Object.keys(SCENARIOS).join(', ')}`)
+    process.exit(2)
+  }
+  const ctx = { requests: [], corsViolations: [] }
+  try {
+    const result = await scenario(JSON.parse(rawArgs), ctx)
+    process.stdout.write(`${JSON.stringify({ ...result, requests: ctx.requests, corsViolations: ctx.corsViolations })}\n`)
+  } catch (error) {
+    console.error(`scenario ${scenarioName} failed:`, error)
+    process.exitCode = 1
+  }
 }
-const ctx = { requests: [], corsViolations: [] }
-try {
-  const result = await scenario(JSON.parse(rawArgs), ctx)
-  process.stdout.write(`${JSON.stringify({ ...result, requests: ctx.requests, corsViolations: ctx.corsViolations })}\n`)
-} catch (error) {
-  console.error(`scenario ${scenarioName} failed:`, error)
-  process.exitCode = 1
+setImmediate(main)
+
+// --- passkeys --------------------------------------------------------------------------------
+// auth-js's passkey calls that need no browser (the WebAuthn ceremonies themselves run in
+// Chromium: test_passkeys_browser.py): registration and sign-in options, list, update, delete.
+// They need `experimental: {passkey: true}` (helpers.assertPasskeyExperimentalEnabled throws
+// without it). args: email, password, passkeyId, friendlyName, aal2Session ({access_token,
+// refresh_token} of an aal2 session of the same user, for the delete).
+
+function passkeyClient(args, ctx, experimental) {
+  return new AuthClient({
+    url: args.url,
+    headers: args.apikey ? { apikey: args.apikey } : {},
+    autoRefreshToken: false,
+    detectSessionInUrl: false,
+    persistSession: false,
+    fetch: makeFetch(ctx, args.origin),
+    experimental,
+  })
+}
+
+function dataOf({ data, error }) {
+  return { data: data ?? null, error: errorOf(error) }
+}
+
+SCENARIOS.passkeys = async (args, ctx) => {
+  const out = {}
+  try {
+    await passkeyClient(args, ctx, {})._listPasskeys()
+    out.withoutFlag = null
+  } catch (error) {
+    out.withoutFlag = error.message
+  }
+  const client = passkeyClient(args, ctx, { passkey: true })
+  await signedIn(client, args.email, args.password)
+  out.registrationOptions = dataOf(await client._startPasskeyRegistration())
+  out.authenticationOptions = dataOf(await client._startPasskeyAuthentication())
+  out.list = dataOf(await client._listPasskeys())
+  out.update = dataOf(await client._updatePasskey({ passkeyId: args.passkeyId, friendlyName: args.friendlyName }))
+  out.updateUnknown = dataOf(
+    await client._updatePasskey({ passkeyId: '00000000-0000-0000-0000-000000000000', friendlyName: 'x' }),
+  )
+  out.deleteAtAal1 = dataOf(await client._deletePasskey({ passkeyId: args.passkeyId }))
+  out.setSession = answerOf(await client.setSession(args.aal2Session))
+  out.deleteAtAal2 = dataOf(await client._deletePasskey({ passkeyId: args.passkeyId }))
+  out.listAfterDelete = dataOf(await client._listPasskeys())
+  return out
 }
 
 // --- MFA (TOTP) ------------------------------------------------------------------------------
