@@ -24,7 +24,7 @@ from datetime import datetime
 from django.db import transaction
 from django.utils import timezone
 
-from accounts import recovery, services
+from accounts import recovery, selectors, services
 from accounts.models import FactorStatus, MfaFactor, Passkey, RefreshToken, Session, User, WebAuthnChallenge
 from accounts.services import IssuedTokens
 from accounts.tokens import refresh_token_hash, refresh_token_new
@@ -159,4 +159,5 @@ def user_mfa_reset(*, user_id: uuid.UUID, actor: str) -> MfaReset:
             identifier=actor[:254],
             detail={"actor": actor, **{name: str(value) for name, value in done.__dict__.items()}},
         )
+    selectors.user_cache_invalidate(user_id=user_id)  # the snapshot says whether the user has factors
     return done
