@@ -547,9 +547,26 @@ def passkey_delete(
     """A passkey is a second factor: removing one needs aal2 (accounts.mfa).
     The user's last second factor gone, their recovery codes go too."""
     mfa.aal_require(user_id=user_id, session_id=session_id)
-    passkey = _own(user_id=user_id, passkey_id=passkey_id)
+    _passkey_remove(passkey=_own(user_id=user_id, passkey_id=passkey_id))
+    audit.record(AuditEvent.Kind.PASSKEY_DELETED, request, user_id=user_id, passkey=passkey_id, **_tag(surface))
+
+
+def passkey_admin_delete(*, request: HttpRequest, user_id: uuid.UUID, passkey_id: uuid.UUID | str) -> None:
+    """The service role removes a user's passkey (GoTrue's admin passkey delete), audited with the actor."""
+    _passkey_remove(passkey=_own(user_id=user_id, passkey_id=passkey_id))
+    audit.record(
+        AuditEvent.Kind.PASSKEY_DELETED,
+        request,
+        user_id=user_id,
+        passkey=passkey_id,
+        actor="service_role",
+        surface="gotrue",
+    )
+
+
+def _passkey_remove(*, passkey: Passkey) -> None:
+    """Delete it; the user's last second factor gone, their recovery codes go too."""
     with transaction.atomic():
         passkey.delete()
-        if not mfa.user_has_second_factor(user_id=user_id):
-            recovery.recovery_codes_delete(user_id=user_id)
-    audit.record(AuditEvent.Kind.PASSKEY_DELETED, request, user_id=user_id, passkey=passkey_id, **_tag(surface))
+        if not mfa.user_has_second_factor(user_id=passkey.user_id):
+            recovery.recovery_codes_delete(user_id=passkey.user_id)

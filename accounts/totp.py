@@ -420,6 +420,16 @@ def factor_unenroll(*, user_id: uuid.UUID, factor_id: uuid.UUID | str, session_i
     factor = _factor_get(user_id=user_id, factor_id=factor_id)
     if factor.status == FactorStatus.VERIFIED and mfa.session_aal(session_id=session_id) != mfa.AAL2:
         raise UnenrollNeedsAal2()
+    return _factor_remove(user_id=user_id, factor=factor)
+
+
+def factor_admin_delete(*, user_id: uuid.UUID, factor_id: uuid.UUID | str) -> MfaFactor:
+    """The service role removes a factor (GoTrue's admin deleteFactor): no session
+    level to check; the same downgrade of the sessions it raised."""
+    return _factor_remove(user_id=user_id, factor=_factor_get(user_id=user_id, factor_id=factor_id))
+
+
+def _factor_remove(*, user_id: uuid.UUID, factor: MfaFactor) -> MfaFactor:
     with transaction.atomic():
         MfaFactor.objects.filter(pk=factor.pk).delete()
         for session in Session.objects.select_for_update().filter(user_id=user_id, factor_id=factor.pk):

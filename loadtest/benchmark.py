@@ -48,6 +48,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -799,7 +800,8 @@ def run_benchmark(
             "users": len(users),
             "request_timeout_s": REQUEST_TIMEOUT,
             "login_rates": bench.login_rates() if "openloop" in options["scenarios"] else [],
-            "saturation_tool": wrk_version(),
+            # Only the wrk scenarios need wrk: an mfa-only run on a box without it still writes its result.
+            "saturation_tool": wrk_version() if shutil.which("wrk") else None,
             "open_loop_tool": "loadtest.rawload (asyncio streams, latency from the scheduled send time)",
             "rlimit_nofile": nofile,
         },

@@ -1,7 +1,15 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, passkey_views, recovery_views, totp_views, views
+from accounts.gotrue import (
+    admin_mfa_views,
+    admin_views,
+    onetime_views,
+    passkey_views,
+    recovery_views,
+    totp_views,
+    views,
+)
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -24,6 +32,24 @@ urlpatterns = [
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
+    path(
+        "admin/users/<str:user_id>/factors", admin_mfa_views.AdminUserFactorsView.as_view(), name="gotrue-admin-factors"
+    ),
+    path(
+        "admin/users/<str:user_id>/factors/<str:factor_id>",
+        admin_mfa_views.AdminUserFactorView.as_view(),
+        name="gotrue-admin-factor",
+    ),
+    path(
+        "admin/users/<str:user_id>/passkeys",
+        admin_mfa_views.AdminUserPasskeysView.as_view(),
+        name="gotrue-admin-passkeys",
+    ),
+    path(
+        "admin/users/<str:user_id>/passkeys/<str:passkey_id>",
+        admin_mfa_views.AdminUserPasskeyView.as_view(),
+        name="gotrue-admin-passkey",
+    ),
     # Second factors (TOTP): accounts/gotrue/totp_views.py.
     path("factors", totp_views.FactorsView.as_view(), name="gotrue-factors"),
     path("factors/<str:factor_id>", totp_views.FactorView.as_view(), name="gotrue-factor"),
