@@ -60,7 +60,7 @@ def _ceremony_input(request: Request) -> tuple[uuid.UUID, Any]:
 class PasskeyRegistrationOptionsView(GoTrueView):
     @extend_schema(
         request=PasskeyEmptyInput,
-        responses={200: PasskeyCeremonyOutput, **_errors(401, 403, 422, 503)},
+        responses={200: PasskeyCeremonyOutput, **_errors(401, 403, 415, 422, 503)},
         summary="GoTrue: passkey registration options (signed-in user; aal2 if they have a second factor)",
     )
     def post(self, request: Request) -> Response:
@@ -71,7 +71,7 @@ class PasskeyRegistrationOptionsView(GoTrueView):
 class PasskeyRegistrationVerifyView(GoTrueView):
     @extend_schema(
         request=PasskeyVerifyInput,
-        responses={200: PasskeyRegisteredOutput, **_errors(400, 401, 403, 422, 503)},
+        responses={200: PasskeyRegisteredOutput, **_errors(400, 401, 403, 415, 422, 503)},
         summary="GoTrue: store a passkey (recovery_codes with the user's first second factor, shown once)",
     )
     def post(self, request: Request) -> Response:
@@ -94,7 +94,7 @@ class PasskeyRegistrationVerifyView(GoTrueView):
 class PasskeyAuthenticationOptionsView(PublicGoTrueView):
     @extend_schema(
         request=PasskeyEmptyInput,
-        responses={200: PasskeyCeremonyOutput, **_errors(400, 401, 429, 503)},
+        responses={200: PasskeyCeremonyOutput, **_errors(400, 401, 415, 429, 503)},
         summary="GoTrue: passkey sign-in options (discoverable: no allowCredentials)",
     )
     def post(self, request: Request) -> Response:
@@ -106,7 +106,7 @@ class PasskeyAuthenticationOptionsView(PublicGoTrueView):
 class PasskeyAuthenticationVerifyView(PublicGoTrueView):
     @extend_schema(
         request=PasskeyVerifyInput,
-        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 503)},
+        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 415, 503)},
         summary="GoTrue: sign in with a passkey (a session at aal2, amr passkey)",
     )
     def post(self, request: Request) -> Response:
@@ -120,7 +120,7 @@ class PasskeyAuthenticationVerifyView(PublicGoTrueView):
 class PasskeyMfaOptionsView(GoTrueView):
     @extend_schema(
         request=PasskeyEmptyInput,
-        responses={200: PasskeyCeremonyOutput, **_errors(401, 403, 422, 503)},
+        responses={200: PasskeyCeremonyOutput, **_errors(401, 403, 415, 422, 503)},
         summary="Velro: passkey as second factor, options (bound to the caller's session)",
     )
     def post(self, request: Request) -> Response:
@@ -131,7 +131,7 @@ class PasskeyMfaOptionsView(GoTrueView):
 class PasskeyMfaVerifyView(GoTrueView):
     @extend_schema(
         request=PasskeyVerifyInput,
-        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 503)},
+        responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 415, 503)},
         summary="Velro: passkey as second factor, verify (the same session at aal2, new tokens)",
     )
     def post(self, request: Request) -> Response:
@@ -158,7 +158,7 @@ class PasskeyListView(GoTrueView):
 class PasskeyDetailView(GoTrueView):
     @extend_schema(
         request=PasskeyUpdateInput,
-        responses={200: PasskeyOutput, **_errors(400, 401, 403, 404, 503)},
+        responses={200: PasskeyOutput, **_errors(400, 401, 403, 404, 415, 503)},
         summary="GoTrue: rename a passkey",
     )
     def patch(self, request: Request, passkey_id: str) -> Response:

@@ -221,6 +221,18 @@ class GoTrueFactorOutput(serializers.Serializer):
         return body
 
 
+@extend_schema_field(GoTrueFactorOutput(many=True))
+class FactorsField(serializers.Field):
+    """The user's factors. A plain (not read-only) optional field, so the published
+    schema does not list it as required: the user object omits it when empty."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(source="*", required=False, **kwargs)
+
+    def to_representation(self, user: User) -> list[dict[str, Any]]:
+        return GoTrueFactorOutput(user_factors(user=user), many=True).data
+
+
 class GoTrueUserOutput(serializers.Serializer):
     """GoTrue's user object: the one definition of its shape (responses and the contract)."""
 
@@ -239,18 +251,14 @@ class GoTrueUserOutput(serializers.Serializer):
     updated_at = serializers.SerializerMethodField()
     is_anonymous = serializers.BooleanField(source="is_anonymous_user")
     # Omitted when the user has none, as GoTrue (auth-js's listFactors and
-    # getAuthenticatorAssuranceLevel read it).
-    factors = serializers.SerializerMethodField()
+    # getAuthenticatorAssuranceLevel read it): not required in the contract.
+    factors = FactorsField()
 
     def to_representation(self, user: User) -> dict[str, Any]:
         body = super().to_representation(user)
         if not body.get("factors"):
             body.pop("factors", None)
         return body
-
-    @extend_schema_field(GoTrueFactorOutput(many=True, required=False))
-    def get_factors(self, user: User) -> list[dict[str, Any]]:
-        return GoTrueFactorOutput(user_factors(user=user), many=True).data
 
     def get_aud(self, user: User) -> str:
         return settings.GOTRUE_JWT_AUDIENCE
