@@ -547,7 +547,9 @@ class Identity(models.Model):
 
     class Meta:
         db_table = "auth_identities"
-        constraints = [models.UniqueConstraint(fields=["provider", "provider_id"], name="auth_identity_provider_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "provider_id"], name="auth_identity_provider_unique")
+        ]
         verbose_name_plural = "identities"
 
     def __str__(self) -> str:

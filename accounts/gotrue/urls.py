@@ -1,7 +1,7 @@
 from django.urls import path, re_path
 
 from accounts import jwks
-from accounts.gotrue import admin_views, onetime_views, views
+from accounts.gotrue import admin_views, external_views, onetime_views, views
 from accounts.gotrue.errors import gotrue_not_found
 
 urlpatterns = [
@@ -24,6 +24,11 @@ urlpatterns = [
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
+    # Sign in with a provider: accounts/gotrue/external_views.py.
+    path("authorize", external_views.AuthorizeView.as_view(), name="gotrue-authorize"),
+    path("callback", external_views.CallbackView.as_view(), name="gotrue-callback"),
+    path("user/identities/authorize", external_views.IdentityAuthorizeView.as_view(), name="gotrue-identity-link"),
+    path("user/identities/<str:identity_id>", external_views.IdentityView.as_view(), name="gotrue-identity"),
     # Everything else GoTrue serves (authorize, factors, sso...) is not
     # implemented: a 404 in GoTrue's error shape.
     re_path(r"^(?P<path>.*)$", gotrue_not_found, name="gotrue-not-found"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -187,3 +188,26 @@ def signing_keys_warm() -> None:
     """Load this process's signing keys (creating the first active key): what a
     running node holds between reloads, so a query budget measures the request."""
     signing.keys.signer()
+
+
+# Headless Chromium (Debian's package, driven by Python playwright; scripts/services.sh
+# ensure_chromium installs it). No ORM calls while a sync playwright block runs: its
+# asyncio loop on this thread trips Django's async-safety check.
+CHROMIUM = Path(os.environ.get("VELRO_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def chromium_launch(playwright: Any):  # -> playwright Browser
+    """Chromium under `playwright` (sync API), skipping the test when it is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"Chromium not installed ({CHROMIUM}): source scripts/services.sh && ensure_chromium")
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
