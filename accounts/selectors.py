@@ -384,7 +384,9 @@ def users_page(*, page: int, per_page: int) -> tuple[list[User], int]:
     """One page of users, newest first (GoTrue's order), and the total: two
     queries whatever the page size (the index auth_users_joined_desc serves the order)."""
     offset = (page - 1) * per_page
-    users = list(User.objects.prefetch_related("identities").order_by("-date_joined", "-id")[offset : offset + per_page])
+    users = list(
+        User.objects.prefetch_related("identities").order_by("-date_joined", "-id")[offset : offset + per_page]
+    )
     return users, User.objects.count()
 
 

@@ -34,6 +34,9 @@ OIDC_DIR = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID = "velro-test-client"
 CLIENT_SECRET = "velro-test-client-secret-0123456789abcdef"
 PASSWORD = "any password"  # devInteractions accepts any
+# Where provider_id_token's own code flow is sent back: a closed loopback port (the
+# browser stops there with the code in its URL; Velro's /callback never sees it).
+TEST_REDIRECT = "http://127.0.0.1:9/id-token-callback"
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ def oidc_provider(live_server):
     callback = f"{live_server.url}/auth/v1/callback"
     config = {
         "port": port,
-        "clients": [{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [callback]}],
+        "clients": [
+            {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [callback, TEST_REDIRECT]}
+        ],
     }
     process = subprocess.Popen(
         [node, "server.mjs"],
@@ -154,7 +159,10 @@ def browser_walk(url: str, *, issuer: str, login: str, until: str, sign_in: bool
             page.goto(url)
             if sign_in and not landed:
                 _sign_in_at_provider(page, issuer, login)
-            page.wait_for_url(lambda target: target.startswith(until))
+            try:
+                page.wait_for_url(lambda target: target.startswith(until))
+            except Exception as exc:
+                pytest.fail(f"the browser stopped at {page.url}, not {until}: {exc}\n{page.content()[:2000]}")
             final = page.url
         finally:
             browser.close()
@@ -172,14 +180,12 @@ def provider_id_token(oidc_provider: OidcProvider, *, login: str, nonce: str | N
         CLIENT_ID,
         CLIENT_SECRET,
         scope="openid email profile",
-        redirect_uri=oidc_provider.callback,
+        redirect_uri=TEST_REDIRECT,
         code_challenge_method="S256",
     )
     document = requests.get(f"{oidc_provider.issuer}/.well-known/openid-configuration", timeout=5).json()
     verifier = "v" * 64
     extra = {"nonce": nonce} if nonce else {}
     url, _ = session.create_authorization_url(document["authorization_endpoint"], code_verifier=verifier, **extra)
-    landed = browser_walk(url, issuer=oidc_provider.issuer, login=login, until=oidc_provider.callback)
-    return session.fetch_token(
-        document["token_endpoint"], authorization_response=landed, code_verifier=verifier
-    )
+    landed = browser_walk(url, issuer=oidc_provider.issuer, login=login, until=TEST_REDIRECT)
+    return session.fetch_token(document["token_endpoint"], authorization_response=landed, code_verifier=verifier)

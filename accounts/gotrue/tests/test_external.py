@@ -110,7 +110,9 @@ def test_the_pkce_flow_lands_with_a_code_exchanged_once_for_a_session(live_serve
     code = _query(landed)["code"]
     wrong = _gotrue(live_server, "POST", "token?grant_type=pkce", json={"auth_code": code, "code_verifier": "y" * 50})
     assert (wrong.status_code, wrong.json()["error_code"]) == (400, "bad_code_verifier")
-    exchanged = _gotrue(live_server, "POST", "token?grant_type=pkce", json={"auth_code": code, "code_verifier": verifier})
+    exchanged = _gotrue(
+        live_server, "POST", "token?grant_type=pkce", json={"auth_code": code, "code_verifier": verifier}
+    )
     assert exchanged.status_code == 200, exchanged.content
     assert exchanged.json()["user"]["email"] == "pkce-walker@example.com"
     again = _gotrue(live_server, "POST", "token?grant_type=pkce", json={"auth_code": code, "code_verifier": verifier})
@@ -169,7 +171,9 @@ def test_link_identity_adds_the_provider_to_the_signed_in_user(live_server, prov
     answer = _gotrue(live_server, "GET", f"user/identities/authorize?{query}", token)
     assert answer.status_code == 200 and answer.json()["url"].startswith(provider_settings.issuer)
     # Another address at the provider: linking does not need a matching email.
-    landed = browser_walk(answer.json()["url"], issuer=provider_settings.issuer, login="other-me@example.com", until=APP)
+    landed = browser_walk(
+        answer.json()["url"], issuer=provider_settings.issuer, login="other-me@example.com", until=APP
+    )
     assert _fragment(landed)["access_token"]
     identity = Identity.objects.get(user=owner)
     assert identity.provider_id == "other-me@example.com"
@@ -230,7 +234,9 @@ def test_sign_in_with_a_provider_issued_id_token_and_its_hashed_nonce(live_serve
     assert signed_in.json()["user"]["email"] == "id-token@example.com"
     assert signed_in.json()["user"]["identities"][0]["provider"] == "acme"
     tampered = token["id_token"][:-4] + ("AAAA" if not token["id_token"].endswith("AAAA") else "BBBB")
-    forged = _gotrue(live_server, "POST", "token?grant_type=id_token", json={**body, "id_token": tampered, "nonce": raw_nonce})
+    forged = _gotrue(
+        live_server, "POST", "token?grant_type=id_token", json={**body, "id_token": tampered, "nonce": raw_nonce}
+    )
     assert forged.status_code == 400
     unknown = _gotrue(live_server, "POST", "token?grant_type=id_token", json={**body, "provider": "nope"})
     assert (unknown.status_code, unknown.json()["error_code"]) == (400, "validation_failed")
