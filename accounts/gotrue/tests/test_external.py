@@ -13,12 +13,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 import requests
 
-from accounts.gotrue.tests.provider_support import (  # noqa: F401 (fixtures)
-    browser_walk,
-    oidc_provider,
-    provider_id_token,
-    provider_settings,
-)
+from accounts.gotrue.tests.provider_support import browser_walk, provider_id_token
 from accounts.models import Identity, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tests.support import ANON_KEY, supabase_project
@@ -31,7 +26,7 @@ APP = "https://app.example.com/welcome"
 
 
 @pytest.fixture(autouse=True)
-def _project(settings, provider_settings):  # noqa: F811
+def _project(settings, provider_settings):
     supabase_project(settings)
 
 
