@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from accounts import services
-from accounts.models import ApiKey, PublicUser, Session, User
+from accounts.models import ApiKey, Identity, PublicUser, Session, User
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -160,3 +160,21 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = services.api_keys_revoke(key_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+class IdentityInline(admin.TabularInline):
+    """The provider identities (sign in with a provider): read-only, as providers vouch for them."""
+
+    model = Identity
+    extra = 0
+    can_delete = False
+    fields = ("provider", "provider_id", "email", "created_at", "last_sign_in_at")
+    readonly_fields = fields
+    ordering = ("created_at",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# Defined after UserAdmin (kept apart from the other inlines): added to its list here.
+UserAdmin.inlines = [*UserAdmin.inlines, IdentityInline]

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, views
+from accounts import jwks, oidc_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -19,5 +19,13 @@ urlpatterns = [
     path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
+    # Sign in with a provider, identities: accounts/oidc_views.py.
+    path("oauth/providers", oidc_views.ProvidersView.as_view(), name="auth-oauth-providers"),
+    path("oauth/authorize", oidc_views.OAuthAuthorizeView.as_view(), name="auth-oauth-authorize"),
+    path("oauth/token", oidc_views.OAuthTokenView.as_view(), name="auth-oauth-token"),
+    path("oauth/id-token", oidc_views.OAuthIdTokenView.as_view(), name="auth-oauth-id-token"),
+    path("identities", oidc_views.IdentityListView.as_view(), name="auth-identities"),
+    path("identities/link", oidc_views.IdentityLinkView.as_view(), name="auth-identity-link"),
+    path("identities/<uuid:identity_id>", oidc_views.IdentityDetailView.as_view(), name="auth-identity"),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

@@ -25,7 +25,9 @@ _DESCRIPTIONS = {
     409: "email_taken / username_taken",
     413: "payload_too_large (body over REQUEST_BODY_MAX_BYTES; the connection is closed)",
     415: "unsupported_media_type (the API takes JSON)",
+    422: "sign in with a provider: single_identity_not_deletable / identity_already_exists / identity_not_found",
     429: "rate_limited / over_email_send_rate_limit (one email per address and purpose a minute), with Retry-After",
+    502: "unexpected_failure (the sign-in provider did not answer)",
     503: "unavailable (database timed out or down) or overloaded (password work shed), with Retry-After",
 }
 

@@ -64,7 +64,7 @@ class AuthorizeView(PublicGoTrueView):
 
     @extend_schema(
         parameters=_AUTHORIZE_PARAMS,
-        responses={302: OpenApiResponse(description="To the provider"), **_errors(400, 502)},
+        responses={302: OpenApiResponse(description="To the provider"), **_errors(400, 503)},
         summary="GoTrue: sign in with a provider (redirect)",
     )
     def get(self, request: Request) -> Response:
