@@ -126,10 +126,14 @@ def _may_have_stored(user: User) -> bool:
 
 
 def stored_identities(user: User) -> list[Identity]:
-    """The user's identity rows, oldest first (the prefetch cache when present)."""
+    """The user's identity rows (the prefetch cache when present)."""
     if not _may_have_stored(user) and "identities" not in getattr(user, "_prefetched_objects_cache", {}):
         return []
-    return sorted(user.identities.all(), key=lambda identity: (identity.created_at, str(identity.pk)))
+    # The email identity first (as the derived one), then by age.
+    return sorted(
+        user.identities.all(),
+        key=lambda identity: (identity.provider != EMAIL_PROVIDER, identity.created_at, str(identity.pk)),
+    )
 
 
 def has_email_identity(user: User, stored: list[Identity]) -> bool:
