@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin, messages
@@ -8,8 +9,15 @@ from django.contrib.auth.forms import AdminUserCreationForm, UserChangeForm
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from accounts import services
-from accounts.models import ApiKey, Identity, PublicUser, Session, User
+from accounts import mfa, recovery, services
+from accounts.admin_forms import AdminLoginForm
+from accounts.models import ApiKey, Identity, MfaFactor, Passkey, PublicUser, Session, User
+
+# The admin's sign-in asks users with a second factor for its code (accounts.backends).
+admin.site.login_form = AdminLoginForm
+admin.site.login_template = "accounts/admin/login.html"
+
+TOTP_PERIOD_SECONDS = 30  # RFC 6238's step, as accounts.totp
 
 
 class UserCreateForm(AdminUserCreationForm):
@@ -57,6 +65,47 @@ class ApiKeyInline(admin.TabularInline):
         return False
 
 
+class ReadOnlyTabularInline(admin.TabularInline):
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # removing a factor is the user's (at aal2) or the "Reset MFA" action's
+
+
+class MfaFactorInline(ReadOnlyTabularInline):
+    """TOTP factors: what they are, never their secret (not a field here)."""
+
+    model = MfaFactor
+    verbose_name_plural = "TOTP factors"
+    fields = ("friendly_name", "factor_type", "status", "created_at", "last_used")
+    readonly_fields = fields
+    ordering = ("created_at",)
+
+    @admin.display(description="last used")
+    def last_used(self, factor: MfaFactor) -> Any:
+        # The last accepted TOTP step is when a code of this factor was last verified.
+        if factor.last_step is None:
+            return "-"
+        return datetime.fromtimestamp(factor.last_step * TOTP_PERIOD_SECONDS, tz=UTC)
+
+
+class PasskeyInline(ReadOnlyTabularInline):
+    """Passkeys: what they are, never their credential or public key (not fields here)."""
+
+    model = Passkey
+    verbose_name_plural = "passkeys"
+    fields = ("friendly_name", "created_at", "last_used_at", "sign_count", "aaguid", "backed_up")
+    readonly_fields = fields
+    ordering = ("created_at",)
+
+
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
     """Other apps extend this page by subclassing it and registering the subclass
@@ -68,7 +117,7 @@ class UserAdmin(BaseUserAdmin):
     list_display = ("email", "username", "display_name", "role", "is_active", "is_staff", "date_joined")
     list_filter = ("profile__role", "is_active", "is_staff", "date_joined")
     search_fields = ("email", "username", "display_name")
-    readonly_fields = ("id", "date_joined", "last_login", "deleted_at")
+    readonly_fields = ("id", "date_joined", "last_login", "deleted_at", "recovery_codes_remaining")
     fieldsets = (
         (None, {"fields": ("id", "email", "username", "display_name", "password")}),
         (
@@ -87,10 +136,25 @@ class UserAdmin(BaseUserAdmin):
             },
         ),
         ("Dates", {"fields": ("date_joined", "last_login")}),
+        # The factors themselves are the inlines below; "Reset MFA" (the list's action) removes them.
+        ("Second factors", {"fields": ("recovery_codes_remaining",)}),
     )
     add_fieldsets = ((None, {"classes": ("wide",), "fields": ("email", "username", "password1", "password2")}),)
-    inlines = [PublicUserInline, SessionInline, ApiKeyInline]
+    inlines = [PublicUserInline, SessionInline, ApiKeyInline, MfaFactorInline, PasskeyInline]
     list_select_related = ("profile",)
+    actions = ["reset_mfa"]
+
+    @admin.display(description="recovery codes remaining")
+    def recovery_codes_remaining(self, user: User) -> int:
+        return recovery.recovery_codes_remaining(user_id=user.pk) if user.pk else 0
+
+    @admin.action(description="Reset MFA: remove factors, passkeys and recovery codes; end every session")
+    def reset_mfa(self, request: HttpRequest, queryset: QuerySet[User]) -> None:
+        actor = f"admin:{request.user.email}"
+        for user_id in queryset.values_list("pk", flat=True):
+            mfa.user_mfa_reset(user_id=user_id, actor=actor)
+        count = queryset.count()
+        self.message_user(request, f"Reset the second factors of {count} user(s).", messages.SUCCESS)
 
     @admin.display(description="role", ordering="profile__role")
     def role(self, user: User) -> str:

@@ -23,14 +23,14 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts import identities, onetime, selectors, services, throttles
+from accounts import identities, mfa, onetime, recovery, recovery_flows, selectors, services, throttles
 from accounts.models import OneTimeToken, User
 from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.services import IssuedTokens
 from monitoring import audit
 from monitoring.models import AuditEvent
 from velro import admission
-from velro.errors import InvalidCredentials, Overloaded, RefreshTokenReused
+from velro.errors import ApiError, InvalidCredentials, Overloaded, RefreshTokenReused
 from velro.net import client_ip, user_agent
 
 
@@ -104,15 +104,52 @@ def password_login(
     return tokens
 
 
-def admin_login(*, request: HttpRequest, email: str, password: str) -> User:
+class AdminSecondFactorRequired(ApiError):
+    """The admin sign-in of a user with a second factor, without a code (the password was right)."""
+
+    status = 401
+    code = "mfa_required"
+    detail = "Enter the code from your authenticator app, or one of your recovery codes"
+
+
+class AdminSecondFactorInvalid(ApiError):
+    status = 401
+    code = "mfa_verification_failed"
+    detail = "Invalid authenticator or recovery code"
+
+
+def admin_login(*, request: HttpRequest, email: str, password: str, code: str | None = None) -> User:
     """The Django admin's sign-in (accounts.backends): the API's limits and
-    audit trail, no API session. Raises InvalidCredentials / RateLimited /
-    Overloaded."""
+    audit trail, no API session; a user with a second factor also gives its
+    code (`code`: a TOTP code or a recovery code). Raises InvalidCredentials /
+    RateLimited / Overloaded / AdminSecondFactorRequired / AdminSecondFactorInvalid."""
     user, account = _authenticate(request=request, password=password, email=email, username=None, surface="admin")
     _still_connected(request=request, account=account)
+    amr = {}
+    if mfa.user_has_second_factor(user_id=user.pk):
+        amr = {"amr": _admin_second_factor(request=request, user=user, account=account, code=code)}
     throttles.login_succeeded(ip=client_ip(request), account=account)
-    audit.record(AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=user.pk, surface="admin")
+    audit.record(AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=user.pk, surface="admin", **amr)
     return user
+
+
+def _admin_second_factor(*, request: HttpRequest, user: User, account: str, code: str | None) -> str:
+    """The second step: the method the code proved. A wrong code keeps the
+    failure counted in advance against the account (login_account_guard), so
+    guessing codes spends the same budget as guessing passwords."""
+    if not (code or "").strip():
+        throttles.login_succeeded(ip=client_ip(request), account=account)  # the password was right: no guess
+        raise AdminSecondFactorRequired()
+    method = mfa.user_second_factor_check(user=user, code=code)
+    if not method:
+        audit.record(AuditEvent.Kind.MFA_VERIFY_FAILURE, request, user_id=user.pk, surface="admin")
+        raise AdminSecondFactorInvalid()
+    if method == "recovery":
+        remaining = recovery.recovery_codes_remaining(user_id=user.pk)
+        recovery_flows.recovery_code_used_notify(
+            request=request, user=user, remaining=remaining, now=timezone.now(), surface="admin"
+        )
+    return method
 
 
 def token_refresh(*, request: HttpRequest, refresh_token: str, surface: str = "native") -> IssuedTokens:

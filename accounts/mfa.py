@@ -18,15 +18,17 @@ insufficient_aal); for a user without one, aal1 is all there is.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
 from django.utils import timezone
 
-from accounts import services
-from accounts.models import FactorStatus, MfaFactor, Passkey, RefreshToken, Session, User
+from accounts import recovery, selectors, services
+from accounts.models import FactorStatus, MfaFactor, Passkey, RefreshToken, Session, User, WebAuthnChallenge
 from accounts.services import IssuedTokens
 from accounts.tokens import refresh_token_hash, refresh_token_new
+from monitoring.models import AuditEvent
 from velro.errors import ApiError
 
 AAL1 = "aal1"
@@ -98,3 +100,64 @@ def session_elevate(
         session.save(update_fields=["aal", "amr", "factor_id"])
         RefreshToken.objects.create(session=session, token_hash=refresh_token_hash(raw), created_at=now)
     return services.session_tokens(session=session, user=user, refresh_token=raw, now=now)
+
+
+# --- operators and the admin sign-in -----------------------------------------------------
+
+TOTP_DIGITS = 6
+
+
+def user_second_factor_check(*, user: User, code: str) -> str | None:
+    """The Django admin's second step (accounts.backends): which second factor
+    `code` proved, "totp" or "recovery" (truthy), or None. Six digits are tried
+    as a TOTP code of a verified factor (accounts.totp, which also refuses a
+    replay); anything else as a recovery code, spent if it matches (the caller
+    audits and emails the use: accounts.recovery_flows)."""
+    code = (code or "").strip()
+    if not code:
+        return None
+    if code.isdigit() and len(code) == TOTP_DIGITS:
+        return "totp" if _totp_check(user=user, code=code) else None
+    return "recovery" if recovery.recovery_code_use(user_id=user.pk, code=code) else None
+
+
+def _totp_check(*, user: User, code: str) -> bool:
+    try:
+        from accounts.totp import factor_code_check  # the TOTP factors' module (imported late: optional here)
+    except ImportError:
+        return False  # no TOTP factors in this build: a six-digit code proves nothing
+    return bool(factor_code_check(user=user, code=code))
+
+
+@dataclass(frozen=True)
+class MfaReset:
+    factors: int
+    passkeys: int
+    recovery_codes: int
+    sessions: int
+
+
+def user_mfa_reset(*, user_id: uuid.UUID, actor: str) -> MfaReset:
+    """An operator removes every second factor of a user (a lost phone and lost
+    codes, proven to support out of band): TOTP factors and their challenges,
+    passkeys and pending WebAuthn ceremonies, recovery codes; and ends every
+    session of the user, since an aal2 session proved a factor that is gone.
+    Audited (MFA_RESET, detail: actor and what went) in the same transaction:
+    rare, and never to be lost."""
+    with transaction.atomic():
+        # Counted by kind: delete()'s total also counts what cascaded (a factor's challenges).
+        factors = MfaFactor.objects.filter(user_id=user_id).delete()[1].get(MfaFactor._meta.label, 0)
+        passkeys = Passkey.objects.filter(user_id=user_id).delete()[1].get(Passkey._meta.label, 0)
+        WebAuthnChallenge.objects.filter(user_id=user_id).delete()
+        codes = recovery.recovery_codes_remaining(user_id=user_id)
+        recovery.recovery_codes_delete(user_id=user_id)
+        sessions = services.user_sessions_end(user_id=user_id, reason="mfa_reset")
+        done = MfaReset(factors=factors, passkeys=passkeys, recovery_codes=codes, sessions=sessions)
+        AuditEvent.objects.create(
+            kind=AuditEvent.Kind.MFA_RESET,
+            user_id=user_id,
+            identifier=actor[:254],
+            detail={"actor": actor, **{name: str(value) for name, value in done.__dict__.items()}},
+        )
+    selectors.user_cache_invalidate(user_id=user_id)  # the snapshot says whether the user has factors
+    return done

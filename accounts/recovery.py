@@ -14,9 +14,11 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from accounts.models import RecoveryCode
@@ -63,6 +65,20 @@ def recovery_codes_ensure(*, user_id: uuid.UUID) -> list[str]:
 
 def recovery_codes_remaining(*, user_id: uuid.UUID) -> int:
     return RecoveryCode.objects.filter(user_id=user_id, used_at__isnull=True).count()
+
+
+@dataclass(frozen=True)
+class RecoveryCodesSummary:
+    remaining: int
+    created_at: datetime | None  # when the set was made (None: the user has none)
+
+
+def recovery_codes_summary(*, user_id: uuid.UUID) -> RecoveryCodesSummary:
+    """What the user may see of their set: how many codes are left and when it was made (one query)."""
+    row = RecoveryCode.objects.filter(user_id=user_id).aggregate(
+        remaining=Count("pk", filter=Q(used_at__isnull=True)), created_at=Max("created_at")
+    )
+    return RecoveryCodesSummary(remaining=row["remaining"], created_at=row["created_at"])
 
 
 def recovery_code_use(*, user_id: uuid.UUID, code: str, now: datetime | None = None) -> bool:

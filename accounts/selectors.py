@@ -24,10 +24,11 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from accounts.models import ApiKey, PublicUser, RevocationKind, Role, Session, User
+from accounts.models import ApiKey, MfaFactor, PublicUser, RevocationKind, Role, Session, User
 from accounts.revocations import feed, l1_epoch, l1_epoch_bump, tombstone_key
 from velro.cache import GENERATION_KEY, safe_cache
 from velro.localcache import LocalCache
@@ -153,6 +154,25 @@ def user_field(user: User, name: str) -> Any:
     return field.read(user) if field is not None else None
 
 
+# --- second factors on the user object ---------------------------------------------------
+
+
+def has_mfa_factors(user_ref: str = "pk") -> Exists:
+    """Does the user (`user_ref`, the path to its id) have any factor? For an
+    annotation on the user read a request makes anyway (login, refresh, the
+    cold token check): what spares users without factors a query of their own."""
+    return Exists(MfaFactor.objects.filter(user_id=OuterRef(user_ref)))
+
+
+def user_factors(*, user: User) -> list[MfaFactor]:
+    """The user's factors, oldest first: none without a query when the user was
+    read with has_mfa_factors() (or from a snapshot of such a read) and has none;
+    else one query on the (user, status) index."""
+    if getattr(user, "has_mfa_factors", None) is False:
+        return []
+    return list(MfaFactor.objects.filter(user_id=user.pk).order_by("created_at", "id"))
+
+
 # --- user snapshots --------------------------------------------------------------
 
 
@@ -178,6 +198,8 @@ def _user_entry(user: User, generation: int) -> dict[str, Any]:
         "app_metadata": user.app_metadata,
         "is_anonymous_user": user.is_anonymous_user,
         "banned_until": _iso(user.banned_until),
+        # Whether the GoTrue user object must list factors (None: not read; see user_factors).
+        "has_mfa_factors": getattr(user, "has_mfa_factors", None),
         # The extra fields, flat (the snapshot's shape does not depend on who adds them).
         **{name: field.read(user) for name, field in _user_fields.items()},
     }
@@ -204,6 +226,7 @@ _CORE_ENTRY_KEYS = frozenset(
         "app_metadata",
         "is_anonymous_user",
         "banned_until",
+        "has_mfa_factors",
     )
 )
 
@@ -244,6 +267,7 @@ def _user_from_entry(entry: dict[str, Any]) -> User:
         user=user, email=user.email, username=user.username, display_name=user.display_name, role=entry["role"]
     )
     user.cached_fields = {name: entry.get(name) for name in _user_fields}
+    user.has_mfa_factors = entry.get("has_mfa_factors")
     return user
 
 
@@ -281,10 +305,16 @@ def session_user_get(*, session_id: uuid.UUID, user_id: uuid.UUID, now: datetime
                 session_l1.set(str(session_id), (state, snapshot))
             return _user_from_entry(snapshot)
 
-    session = Session.objects.select_related(*user_related("user")).filter(pk=session_id, user_id=user_id).first()
+    session = (
+        Session.objects.select_related(*user_related("user"))
+        .annotate(user_has_mfa_factors=has_mfa_factors("user_id"))
+        .filter(pk=session_id, user_id=user_id)
+        .first()
+    )
     if session is None:
         return None
     user = session.user
+    user.has_mfa_factors = session.user_has_mfa_factors
     state = {
         "g": generation,
         "user": str(user.pk),
@@ -347,7 +377,8 @@ def user_get(*, user_id: uuid.UUID) -> User | None:
     snapshot = _fresh(found.get(ukey), generation)
     if snapshot is not None and (not snapshot["is_active"] or _trusted(found, subject)):
         return _user_from_entry(snapshot)
-    user = User.objects.select_related(*user_related()).filter(pk=user_id).first()
+    users = User.objects.select_related(*user_related()).annotate(has_mfa_factors=has_mfa_factors())
+    user = users.filter(pk=user_id).first()
     if user is not None:
         safe_cache.set(ukey, _user_entry(user, generation))
     return user
@@ -363,7 +394,9 @@ def user_api_keys(*, user_id: uuid.UUID) -> list[ApiKey]:
 def user_for_login(*, email: str | None = None, username: str | None = None) -> User | None:
     """The account a login names: one indexed read (case-insensitive), never cached
     (the password hash is needed and is never cached)."""
-    users = User.objects.select_related(*user_related())
+    # has_mfa_factors: an EXISTS in the same query, so a session body of a user
+    # without factors needs no query to say so.
+    users = User.objects.select_related(*user_related()).annotate(has_mfa_factors=has_mfa_factors())
     if email is not None:
         users = users.filter(email__lower=email.strip().lower())
     else:
@@ -384,9 +417,12 @@ def users_page(*, page: int, per_page: int) -> tuple[list[User], int]:
     """One page of users, newest first (GoTrue's order), and the total: two
     queries whatever the page size (the index auth_users_joined_desc serves the order)."""
     offset = (page - 1) * per_page
-    users = list(
-        User.objects.prefetch_related("identities").order_by("-date_joined", "-id")[offset : offset + per_page]
+    ordered = (
+        User.objects.annotate(has_mfa_factors=has_mfa_factors())
+        .prefetch_related("identities")
+        .order_by("-date_joined", "-id")
     )
+    users = list(ordered[offset : offset + per_page])
     return users, User.objects.count()
 
 

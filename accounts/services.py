@@ -45,6 +45,7 @@ from accounts.onetime import ott_issue
 from accounts.revocations import revocation_record
 from accounts.selectors import (
     api_key_cache_invalidate,
+    has_mfa_factors,
     session_cache_invalidate,
     user_cache_invalidate,
     user_related,
@@ -272,12 +273,14 @@ def session_refresh(*, refresh_token: str, now: datetime | None = None) -> Issue
         token = (
             RefreshToken.objects.select_for_update(of=("self",))
             .select_related(*user_related("session__user"))
+            .annotate(user_has_mfa_factors=has_mfa_factors("session__user_id"))
             .filter(token_hash=refresh_token_hash(refresh_token))
             .first()
         )
         if token is None:
             raise RefreshTokenRejected(reason="not_found")
         session = token.session
+        session.user.has_mfa_factors = token.user_has_mfa_factors
         if session.user.is_banned(now):
             # Before the session's own state: the ban ended it, and the answer says why (GoTrue's).
             raise RefreshTokenRejected(reason="user_inactive")
@@ -322,9 +325,14 @@ def _sessions_revoke(*, sessions: QuerySet[Session], reason: str, now: datetime)
     return count
 
 
-def user_sessions_end(*, user_id: uuid.UUID, reason: str, keep_session_id: uuid.UUID | None = None) -> int:
-    """End every session of a user (but `keep_session_id`): password replaced, account disabled."""
+def user_sessions_end(
+    *, user_id: uuid.UUID, reason: str, keep_session_id: uuid.UUID | None = None, aal: str | None = None
+) -> int:
+    """End every session of a user (but `keep_session_id`; only those at `aal` when
+    given): password replaced, account disabled, a second factor verified."""
     sessions = Session.objects.filter(user_id=user_id)
+    if aal is not None:
+        sessions = sessions.filter(aal=aal)
     if keep_session_id is not None:
         sessions = sessions.exclude(pk=keep_session_id)
     return _sessions_revoke(sessions=sessions, reason=reason, now=timezone.now())

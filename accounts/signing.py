@@ -28,7 +28,6 @@ key promoted on another node verifies here on its first token.
 
 from __future__ import annotations
 
-import base64
 import logging
 import threading
 import time
@@ -39,14 +38,13 @@ from datetime import timedelta
 from typing import Any
 
 import jwt
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
-from django.utils.crypto import salted_hmac
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from accounts import tokens
@@ -73,12 +71,7 @@ class SigningKeyError(Exception):
 
 def _fernet() -> MultiFernet:
     # The first key encrypts; the SECRET_KEY_FALLBACKS ones still decrypt.
-    current = tokens.derived_key(ENCRYPTION_PURPOSE)
-    older = [
-        salted_hmac(f"velro.tokens.{ENCRYPTION_PURPOSE}", "key", secret=secret, algorithm="sha256").digest()
-        for secret in getattr(settings, "SECRET_KEY_FALLBACKS", [])
-    ]
-    return MultiFernet([Fernet(base64.urlsafe_b64encode(key)) for key in (current, *older)])
+    return tokens.derived_fernet(ENCRYPTION_PURPOSE)
 
 
 def _private_key_encrypt(private_key: Any) -> str:

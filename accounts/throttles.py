@@ -80,3 +80,14 @@ def ott_send_guard(*, ip: str | None) -> None:
 def ott_verify_guard(*, ip: str | None) -> None:
     """Codes and links tried from one address (on top of each token's own attempt bound)."""
     limiter.hit("ott-verify-ip", ip or "unknown", Rate.setting("RATELIMIT_OTT_VERIFY_IP"))
+
+
+def mfa_verify_guard(*, user_id: uuid.UUID, factor_id: str) -> None:
+    """TOTP codes tried against one factor, from anywhere (keyed by its owner too:
+    another account naming the factor id spends its own budget, not the owner's)."""
+    limiter.hit("mfa-verify-factor", f"{user_id}|{factor_id}", Rate.setting("RATELIMIT_MFA_VERIFY_FACTOR"))
+
+
+def recovery_code_guard(*, user_id: uuid.UUID) -> None:
+    """Recovery codes tried by one user (each try counts: a code is spent by its first success)."""
+    limiter.hit("recovery-code-user", str(user_id), Rate.setting("RATELIMIT_RECOVERY_CODE_USER"))

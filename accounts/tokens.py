@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any, TypeVar
 
 import jwt
+from cryptography.fernet import Fernet, MultiFernet
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
@@ -47,6 +48,25 @@ def derived_key(purpose: str) -> bytes:
     # Keys for separate purposes are derived from SECRET_KEY so one leaked
     # token type cannot forge another.
     return salted_hmac(f"velro.tokens.{purpose}", "key", secret=settings.SECRET_KEY, algorithm="sha256").digest()
+
+
+def fernet_keys(purpose: str, keys: list[str] | tuple[str, ...] = ()) -> list[Fernet]:
+    """Fernets for data encrypted at rest (signing keys, TOTP secrets), the one
+    that encrypts first: `keys` (Fernet keys: rotation) when given; else keys
+    derived for `purpose` from SECRET_KEY and each SECRET_KEY_FALLBACKS secret
+    (which still decrypt, so SECRET_KEY can rotate)."""
+    if keys:
+        return [Fernet(key.encode() if isinstance(key, str) else key) for key in keys]
+    secrets_ = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    derived = (
+        salted_hmac(f"velro.tokens.{purpose}", "key", secret=secret, algorithm="sha256").digest() for secret in secrets_
+    )
+    return [Fernet(base64.urlsafe_b64encode(key)) for key in derived]
+
+
+def derived_fernet(purpose: str, keys: list[str] | tuple[str, ...] = ()) -> MultiFernet:
+    """fernet_keys() as one MultiFernet: the first encrypts, all decrypt."""
+    return MultiFernet(fernet_keys(purpose, keys))
 
 
 def jwt_key() -> bytes:

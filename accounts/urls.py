@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, oidc_views, views
+from accounts import jwks, oidc_views, passkey_views, recovery_views, totp_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -27,5 +27,39 @@ urlpatterns = [
     path("identities", oidc_views.IdentityListView.as_view(), name="auth-identities"),
     path("identities/link", oidc_views.IdentityLinkView.as_view(), name="auth-identity-link"),
     path("identities/<uuid:identity_id>", oidc_views.IdentityDetailView.as_view(), name="auth-identity"),
+    path("mfa/factors", totp_views.FactorsView.as_view(), name="auth-mfa-factors"),
+    path("mfa/factors/<str:factor_id>", totp_views.FactorView.as_view(), name="auth-mfa-factor"),
+    path("mfa/factors/<str:factor_id>/challenge", totp_views.FactorChallengeView.as_view(), name="auth-mfa-challenge"),
+    path("mfa/factors/<str:factor_id>/verify", totp_views.FactorVerifyView.as_view(), name="auth-mfa-verify"),
+    path("mfa/recovery-codes", recovery_views.RecoveryCodesView.as_view(), name="auth-mfa-recovery-codes"),
+    path(
+        "mfa/recovery-codes/verify",
+        recovery_views.RecoveryCodeVerifyView.as_view(),
+        name="auth-mfa-recovery-codes-verify",
+    ),
+    path(
+        "passkeys/registration/options",
+        passkey_views.PasskeyRegistrationOptionsView.as_view(),
+        name="auth-passkey-registration-options",
+    ),
+    path(
+        "passkeys/registration/verify",
+        passkey_views.PasskeyRegistrationVerifyView.as_view(),
+        name="auth-passkey-registration-verify",
+    ),
+    path(
+        "passkeys/authentication/options",
+        passkey_views.PasskeyAuthenticationOptionsView.as_view(),
+        name="auth-passkey-authentication-options",
+    ),
+    path(
+        "passkeys/authentication/verify",
+        passkey_views.PasskeyAuthenticationVerifyView.as_view(),
+        name="auth-passkey-authentication-verify",
+    ),
+    path("passkeys/mfa/options", passkey_views.PasskeyMfaOptionsView.as_view(), name="auth-passkey-mfa-options"),
+    path("passkeys/mfa/verify", passkey_views.PasskeyMfaVerifyView.as_view(), name="auth-passkey-mfa-verify"),
+    path("passkeys", passkey_views.PasskeyListView.as_view(), name="auth-passkeys"),
+    path("passkeys/<uuid:passkey_id>", passkey_views.PasskeyDetailView.as_view(), name="auth-passkey"),
     path(".well-known/jwks.json", jwks.JwksView.as_view(), name="auth-jwks"),
 ]

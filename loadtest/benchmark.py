@@ -18,6 +18,11 @@ the same benchmark users on both, and measures (scenarios, `--scenarios`):
 - `overload`: open-loop login at 3x Velro's login saturation for
   `--overload-duration` s: Velro sheds with 503 `overloaded`; the shed answers'
   p50 and the served (200) answers' p99 are targets.
+- `mfa` (only when named: not in the default run): the latency of a TOTP
+  verify, Velro only (loadtest.mfa): `--mfa-users` users each enroll and verify
+  a TOTP factor, then each once: password sign-in, challenge, verify with a
+  fresh code, GET /me at aal2, sign-in again and a recovery code; p50/p90/p99
+  of each request kind. Skipped with a note when the TOTP routes answer 404.
 - `many`: 10,000 concurrent kept-alive connections through nginx
   (deploy/nginx/velro.conf + nginx.conf's worker settings, loadtest.proxy) to
   Velro's gunicorn, open loop at half of Velro's measured /me saturation in
@@ -43,6 +48,7 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -58,11 +64,15 @@ import httpx
 from loadtest import BASE_DIR, LoadTestError
 from loadtest.loadgen import check_target, percentile, rounded
 from loadtest.machine import loadavg, machine_info
+from loadtest.mfa import MfaUnavailable, run_mfa
 from loadtest.rawload import RawResult, raise_nofile_limit, request_bytes, run_open_loop
 from loadtest.stack import Stack, redact
 from loadtest.wrk import run_wrk, wrk_version
 
-SCENARIOS = ("login", "me", "health", "openloop", "overload", "many")
+SCENARIOS = ("login", "me", "health", "openloop", "overload", "many", "mfa")
+DEFAULT_SCENARIOS = ("login", "me", "health", "openloop", "overload", "many")  # mfa: on request
+DEFAULT_MFA_USERS = 200
+DEFAULT_MFA_CONCURRENCY = 4
 DEFAULT_DURATION = 10.0  # wrk saturation runs
 DEFAULT_WARMUP = 2.0
 DEFAULT_OPEN_DURATION = 8.0
@@ -367,6 +377,11 @@ def summarize_wrk(target: str, scenario: str, report: dict[str, Any]) -> dict[st
     }
 
 
+def _scenario_label(row: dict[str, Any]) -> str:
+    """The scenario, and for the mfa sequence the request kind (mfa:verify...)."""
+    return f"{row['scenario']}:{row['step']}" if row.get("step") else row["scenario"]
+
+
 def _fmt_rate(rate: float | None) -> str:
     if rate is None:
         return "sat"
@@ -421,7 +436,7 @@ class Benchmark:
         if row.get("errors") or row.get("socket_errors"):
             extra = f", errors {row.get('errors') or row.get('socket_errors')}"
         log(
-            f"{row['target']:5} {row['scenario']:8} {_fmt_rate(row['rate']):>6}: {row['requests']} requests, "
+            f"{row['target']:5} {_scenario_label(row):8} {_fmt_rate(row['rate']):>6}: {row['requests']} requests, "
             f"{row['ok_rps']} ok/s, statuses {row['status_counts']}, p50 {row['p50_ms']} ms, "
             f"p99 {row['p99_ms']} ms{extra}"
         )
@@ -551,6 +566,25 @@ class Benchmark:
             self.overload()
         if "many" in scenarios:
             self.many()
+        if "mfa" in scenarios:
+            self.mfa()
+
+    # second factors (loadtest.mfa): Velro only
+
+    def mfa(self) -> None:
+        count = self.o["mfa_users"]
+        if not self._time_left(count * 1.0 + 60, "velro mfa sequence"):
+            return
+        self._settle(self.velro)
+        users = [(email.replace("bench-", "bench-mfa-", 1), password) for email, password in make_users(count)]
+        try:
+            rows = run_mfa(self.velro.url, users, concurrency=self.o["mfa_concurrency"], log=log)
+        except MfaUnavailable as exc:
+            self.notes.append(f"mfa: skipped: {exc}")
+            log(self.notes[-1])
+            return
+        for row in rows:
+            self._record(row)
 
 
 # --- the figures ------------------------------------------------------------------------------
@@ -666,6 +700,28 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             target=f"<= {TARGET_MANY_P99_MS:g} ms",
             passed=None if many["p99_ms"] is None else many["p99_ms"] <= TARGET_MANY_P99_MS,
         )
+    out.extend(mfa_figures(runs))
+    return out
+
+
+def mfa_figures(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The mfa sequence's latencies (Velro only, reported: no target yet)."""
+    out = []
+    for step, name in (
+        ("verify", "MFA verify (TOTP)"),
+        ("challenge", "MFA challenge"),
+        ("recovery_verify", "recovery code verify"),
+    ):
+        row = _find(runs, target="velro", scenario="mfa", step=step)
+        if row:
+            for q in ("p50", "p90", "p99"):
+                out.append(
+                    {"figure": f"{name} {q}", "unit": "ms", "velro": row[f"{q}_ms"], "peer": None, "target": None}
+                )
+    for step, name in (("me", "GET /me p50 (aal2, mfa sequence)"), ("login", "login p50 (mfa sequence)")):
+        row = _find(runs, target="velro", scenario="mfa", step=step)
+        if row:
+            out.append({"figure": name, "unit": "ms", "velro": row["p50_ms"], "peer": None, "target": None})
     return out
 
 
@@ -744,7 +800,8 @@ def run_benchmark(
             "users": len(users),
             "request_timeout_s": REQUEST_TIMEOUT,
             "login_rates": bench.login_rates() if "openloop" in options["scenarios"] else [],
-            "saturation_tool": wrk_version(),
+            # Only the wrk scenarios need wrk: an mfa-only run on a box without it still writes its result.
+            "saturation_tool": wrk_version() if shutil.which("wrk") else None,
             "open_loop_tool": "loadtest.rawload (asyncio streams, latency from the scheduled send time)",
             "rlimit_nofile": nofile,
         },
@@ -830,7 +887,7 @@ def format_runs(result: dict[str, Any]) -> str:
         lines.append(
             [
                 row["target"],
-                row["scenario"],
+                _scenario_label(row),
                 row["mode"],
                 _fmt_rate(row["rate"]),
                 str(row["connections"]),
@@ -990,7 +1047,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--url", help="a running Velro (loopback, RATELIMIT_ENABLE=false); default: start gunicorn")
     parser.add_argument("--no-peer", action="store_true", help="do not start or measure the stock peer")
-    parser.add_argument("--scenarios", type=_scenarios, default=list(SCENARIOS), help="comma-separated")
+    parser.add_argument(
+        "--scenarios",
+        type=_scenarios,
+        default=list(DEFAULT_SCENARIOS),
+        help=f"comma-separated among {','.join(SCENARIOS)} (default: all but mfa)",
+    )
+    parser.add_argument("--mfa-users", type=int, default=DEFAULT_MFA_USERS, help="mfa: users, one sequence each")
+    parser.add_argument("--mfa-concurrency", type=int, default=DEFAULT_MFA_CONCURRENCY, help="mfa: parallel clients")
     parser.add_argument("--duration", type=_seconds, default=DEFAULT_DURATION, help="seconds per wrk saturation run")
     parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP, help="unmeasured wrk seconds before each")
     parser.add_argument(
@@ -1030,6 +1094,8 @@ def options_from(args: argparse.Namespace) -> dict[str, Any]:
         raise BenchmarkError(f"deadline {args.deadline} out of range (0, {MAX_DEADLINE:g}] s")
     if not 1 <= args.many_connections <= 50_000:
         raise BenchmarkError("--many-connections out of range [1, 50000]")
+    if not 1 <= args.mfa_users <= MAX_USERS or not 1 <= args.mfa_concurrency <= 64:
+        raise BenchmarkError(f"--mfa-users in [1, {MAX_USERS}], --mfa-concurrency in [1, 64]")
     if not 0 < args.low_rate <= MAX_RATE or not 0 < args.overload_factor <= 20:
         raise BenchmarkError("--low-rate / --overload-factor out of range")
     return {
@@ -1050,6 +1116,8 @@ def options_from(args: argparse.Namespace) -> dict[str, Any]:
         "wrk_threads": max(1, args.wrk_threads),
         "floor_samples": max(1, min(args.floor_samples, MAX_FLOOR_SAMPLES)),
         "deadline": args.deadline,
+        "mfa_users": args.mfa_users,
+        "mfa_concurrency": max(1, args.mfa_concurrency),
     }
 
 

@@ -27,6 +27,8 @@ class EmailKind(models.TextChoices):
     INVITE = "invite", "Invitation"
     EMAIL_CHANGE = "email_change", "Confirm an email change"
     REAUTHENTICATION = "reauthentication", "Reauthentication code"
+    # A notice, no secret (accounts.recovery_flows): a recovery code was spent.
+    RECOVERY_CODE_USED = "recovery_code_used", "A recovery code was used"
 
 
 class EmailStatus(models.TextChoices):

@@ -48,6 +48,7 @@ SUBJECTS = {
     EmailKind.INVITE: "You have been invited to Velro",
     EmailKind.EMAIL_CHANGE: "Confirm your new Velro email address",
     EmailKind.REAUTHENTICATION: "Your Velro confirmation code",
+    EmailKind.RECOVERY_CODE_USED: "A Velro recovery code was used",
 }
 
 

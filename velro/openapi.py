@@ -19,13 +19,17 @@ _DESCRIPTIONS = {
     400: "validation_error (with fields) or invalid_json",
     401: "not_authenticated / invalid_token / invalid_credentials / invalid_refresh_token",
     403: "forbidden (e.g. an API key where a session is needed) / otp_expired (a one-time code or link that is wrong,"
-    " used, replaced or expired)",
+    " used, replaced or expired) / insufficient_aal (verify a second factor first)",
     404: "not_found",
     405: "method_not_allowed",
     409: "email_taken / username_taken",
     413: "payload_too_large (body over REQUEST_BODY_MAX_BYTES; the connection is closed)",
     415: "unsupported_media_type (the API takes JSON)",
-    422: "sign in with a provider: single_identity_not_deletable / identity_already_exists / identity_not_found",
+    422: "mfa_verification_failed (a wrong, used or malformed second-factor code) / mfa_challenge_expired /"
+    " mfa_ip_address_mismatch / mfa_factor_not_found (a challenge) / mfa_factor_name_conflict /"
+    " too_many_enrolled_mfa_factors / second_factor_required / too_many_passkeys /"
+    " webauthn_credential_exists / webauthn_credential_not_found / single_identity_not_deletable /"
+    " identity_already_exists / identity_not_found",
     429: "rate_limited / over_email_send_rate_limit (one email per address and purpose a minute), with Retry-After",
     502: "unexpected_failure (the sign-in provider did not answer)",
     503: "unavailable (database timed out or down) or overloaded (password work shed), with Retry-After",

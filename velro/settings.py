@@ -9,6 +9,8 @@ given. `.env.example` documents every variable read here.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import json
 import os
@@ -428,6 +430,27 @@ GOTRUE_SMTP_MAX_FREQUENCY = _int("GOTRUE_SMTP_MAX_FREQUENCY", 60)
 # Wrong codes a token tolerates before it is dead (GoTrue has no such bound:
 # its per-IP verify limit is the only one).
 OTT_MAX_ATTEMPTS = _int("OTT_MAX_ATTEMPTS", 5, minimum=1)
+# Second factors (accounts.totp, accounts.mfa). GoTrue's names and defaults:
+# at most MFA_MAX_ENROLLED_FACTORS factors a user (verified or not); a
+# challenge is good for MFA_CHALLENGE_EXPIRY_DURATION seconds; an unverified
+# factor never challenged is dropped after MFA_FACTOR_EXPIRY_DURATION seconds.
+MFA_MAX_ENROLLED_FACTORS = _int("MFA_MAX_ENROLLED_FACTORS", 10, minimum=1)
+MFA_CHALLENGE_EXPIRY_DURATION = _int("MFA_CHALLENGE_EXPIRY_DURATION", 300, minimum=30)
+MFA_FACTOR_EXPIRY_DURATION = _int("MFA_FACTOR_EXPIRY_DURATION", 300, minimum=60)
+# Fernet keys (comma-separated) for TOTP secrets at rest: the first encrypts,
+# all decrypt (rotation: put the new key first, keep the old ones until the
+# secrets are re-encrypted). Empty: a key derived from DJANGO_SECRET_KEY (and
+# its fallbacks), so a database dump alone does not reveal the secrets.
+MFA_ENCRYPTION_KEYS = _list("MFA_ENCRYPTION_KEYS", "")
+for _mfa_key in MFA_ENCRYPTION_KEYS:
+    try:
+        _decoded = base64.urlsafe_b64decode(_mfa_key.encode())
+    except (binascii.Error, ValueError):
+        _decoded = b""
+    if len(_decoded) != 32:
+        raise ImproperlyConfigured(
+            "MFA_ENCRYPTION_KEYS: each key must be a Fernet key (32 url-safe base64 bytes: Fernet.generate_key())"
+        )
 # Redirect targets besides GOTRUE_SITE_URL, comma-separated globs as GoTrue's
 # (`*` stops at `.` and `/`, `**` does not): anything else falls back to the site URL.
 GOTRUE_URI_ALLOW_LIST = _list("GOTRUE_URI_ALLOW_LIST", "")
@@ -512,6 +535,56 @@ EXTERNAL_PROVIDERS: dict[str, dict] = {
     )
     if provider is not None
 }
+
+
+# Passkeys (WebAuthn, accounts.passkeys). The relying party: its id (a
+# domain, never an IP: browsers refuse those), its display name, and the
+# origins whose pages may run the ceremonies (scheme://host[:port], each on the
+# RP id or a subdomain of it). Defaults fit local development: the host of
+# GOTRUE_SITE_URL, or `localhost` when that is an IP address (with
+# http://localhost:<site port> as the origin). Checked strictly at start-up:
+# outside DEBUG an origin must be https unless its host is localhost (a secure
+# context browsers allow); an origin outside the RP id is refused.
+_site = urlsplit(GOTRUE_SITE_URL)
+_site_host = _site.hostname or "localhost"
+try:
+    ipaddress.ip_address(_site_host)
+    _site_is_ip = True
+except ValueError:
+    _site_is_ip = False
+WEBAUTHN_RP_ID = _str("WEBAUTHN_RP_ID", "") or ("localhost" if _site_is_ip else _site_host)
+WEBAUTHN_RP_NAME = _str("WEBAUTHN_RP_NAME", "Velro")
+WEBAUTHN_ORIGINS = _list(
+    "WEBAUTHN_ORIGINS",
+    f"{_site.scheme}://localhost:{_site.port or 8000}" if _site_is_ip else GOTRUE_SITE_URL,
+)
+
+
+def _webauthn_origins_check(rp_id: str, origins: list[str], debug: bool) -> None:
+    if not rp_id or "/" in rp_id or ":" in rp_id:
+        raise ImproperlyConfigured(f"WEBAUTHN_RP_ID={rp_id!r}: a domain name (e.g. example.com)")
+    if not origins:
+        raise ImproperlyConfigured("WEBAUTHN_ORIGINS: at least one origin")
+    for origin in origins:
+        parts = urlsplit(origin)
+        host = parts.hostname or ""
+        if parts.scheme not in ("https", "http") or parts.path not in ("", "/") or parts.query or not host:
+            raise ImproperlyConfigured(f"WEBAUTHN_ORIGINS: {origin!r} is not an origin (scheme://host[:port])")
+        if host != rp_id and not host.endswith(f".{rp_id}"):
+            raise ImproperlyConfigured(f"WEBAUTHN_ORIGINS: {origin!r} is outside WEBAUTHN_RP_ID={rp_id!r}")
+        if parts.scheme == "http" and host != "localhost" and not debug:
+            raise ImproperlyConfigured(f"WEBAUTHN_ORIGINS: {origin!r} must be https (http only for localhost)")
+
+
+_webauthn_origins_check(WEBAUTHN_RP_ID, WEBAUTHN_ORIGINS, DEBUG)
+# Seconds a ceremony's challenge lives (GoTrue: GOTRUE_WEBAUTHN_CHALLENGE_EXPIRY_DURATION).
+WEBAUTHN_CHALLENGE_EXPIRY = _int("WEBAUTHN_CHALLENGE_EXPIRY", 300, minimum=30)
+# Passkeys one user may hold (GoTrue: GOTRUE_PASSKEY_MAX_PASSKEYS_PER_USER).
+PASSKEY_MAX_PER_USER = _int("PASSKEY_MAX_PER_USER", 10, minimum=1)
+# GET /passkeys/demo/: a page that runs every passkey call against /auth/v1
+# in a browser (the browser tests use it). It carries SUPABASE_ANON_KEY, the
+# public key any browser client holds anyway. On in DEBUG, off by default in production.
+PASSKEY_DEMO_PAGE = _bool("PASSKEY_DEMO_PAGE", DEBUG)
 # Browser origins allowed to call /auth/v1/ (CORS), "*" = any, as Supabase's
 # gateway answers. Bearer tokens only, no cookies: no ambient credentials to abuse.
 GOTRUE_CORS_ALLOWED_ORIGINS = _list("GOTRUE_CORS_ALLOWED_ORIGINS", "*")
@@ -553,6 +626,12 @@ RATELIMIT_API_KEYS_USER = _rate("RATELIMIT_API_KEYS_USER", "30/3600")
 # and code/link verifications from one address (GoTrue's 30 per 5 minutes for /verify).
 RATELIMIT_OTT_SEND_IP = _rate("RATELIMIT_OTT_SEND_IP", "30/3600")
 RATELIMIT_OTT_VERIFY_IP = _rate("RATELIMIT_OTT_VERIFY_IP", "30/300")
+# TOTP codes tried against one factor (GoTrue: MFA_RATE_LIMIT_CHALLENGE_AND_VERIFY, 15 a minute):
+# 6 digits and a 3-step window make a guess 3 in a million; this caps the guesses per factor, wherever they come from.
+RATELIMIT_MFA_VERIFY_FACTOR = _rate("RATELIMIT_MFA_VERIFY_FACTOR", "15/60")
+# Recovery codes tried per user (accounts/recovery_flows.py): a code has ~2^49 values,
+# so this caps noise and a stolen session's guessing, not a feasible search.
+RATELIMIT_RECOVERY_CODE_USER = _rate("RATELIMIT_RECOVERY_CODE_USER", "10/900")
 
 # Admission control of password hashing (velro/admission.py). argon2id is
 # CPU-bound (~35 ms of one core): more hashes in flight than cores only queue.

@@ -17,4 +17,5 @@ urlpatterns = [
     path("api/v1/auth/", include("accounts.urls")),
     path("api/v1/referrals/", include("referrals.urls")),
     path("auth/v1/", include("accounts.gotrue.urls")),  # Supabase Auth (GoTrue) compatible
+    path("passkeys/demo/", include("accounts.demo_urls")),  # PASSKEY_DEMO_PAGE
 ]

@@ -24,6 +24,8 @@ from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
 from accounts.identities import IDENTITY_ERRORS
+from accounts.mfa import InsufficientAal
+from accounts.mfa import SessionNotFound as MfaSessionNotFound
 from accounts.onetime import (
     BadCodeVerifier,
     EmailExists,
@@ -35,7 +37,9 @@ from accounts.onetime import (
     ReauthenticationNotValid,
     UserNotFoundByEmail,
 )
+from accounts.passkeys import PasskeyError
 from accounts.services import RefreshTokenRejected, SamePassword, UserBanned
+from accounts.totp import MfaError, UnenrollNeedsAal2
 from velro.errors import (
     RETRY_AFTER_SECONDS,
     ApiError,
@@ -228,6 +232,16 @@ def gotrue_error(exc: Exception) -> GoTrueError | None:
         return GoTrueError(422, "user_already_exists", "User already registered")
     if isinstance(exc, SamePassword):
         return GoTrueError(422, "same_password", exc.detail)
+    if isinstance(exc, PasskeyError):
+        # GoTrue's own codes (webauthn_*, too_many_passkeys), but for its 404 passkey answer.
+        return GoTrueError(exc.status, exc.gotrue_code or exc.code, exc.detail)
+    if isinstance(exc, UnenrollNeedsAal2):
+        return GoTrueError(422, exc.code, exc.detail)  # GoTrue's status for this one
+    if isinstance(exc, (InsufficientAal, MfaError)):
+        # GoTrue's own codes (insufficient_aal, mfa_verification_failed, mfa_challenge_expired...).
+        return GoTrueError(exc.status, exc.code, exc.detail, headers=exc.headers)
+    if isinstance(exc, MfaSessionNotFound):
+        return session_not_found()
     if isinstance(exc, _ONE_TIME_ERRORS):
         # Their codes are GoTrue's own (otp_expired, over_email_send_rate_limit, flow_state_*...).
         return GoTrueError(exc.status, exc.code, exc.detail, headers=exc.headers)

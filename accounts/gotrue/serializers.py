@@ -18,6 +18,7 @@ from rest_framework import serializers
 from accounts import identities
 from accounts.gotrue.tokens import ROLE, app_metadata, gotrue_access_token_encode, user_email
 from accounts.models import Identity, User
+from accounts.selectors import user_factors
 from accounts.serializers import StrictCharField
 from accounts.services import IssuedTokens
 from velro.rendering import render
@@ -220,6 +221,24 @@ class IsoDateTimeField(serializers.DateTimeField):
         return _iso(value)
 
 
+class GoTrueFactorOutput(serializers.Serializer):
+    """GoTrue's factor object (in the user object's `factors`); friendly_name omitted when empty, as GoTrue."""
+
+    id = serializers.UUIDField()
+    friendly_name = serializers.CharField(required=False)
+    factor_type = serializers.CharField()
+    status = serializers.CharField(help_text="unverified or verified")
+    created_at = IsoDateTimeField()
+    updated_at = IsoDateTimeField()
+    last_challenged_at = IsoDateTimeField(allow_null=True)
+
+    def to_representation(self, factor: Any) -> dict[str, Any]:
+        body = super().to_representation(factor)
+        if not body.get("friendly_name"):
+            body.pop("friendly_name", None)
+        return body
+
+
 class GoTrueUserOutput(serializers.Serializer):
     """GoTrue's user object: the one definition of its shape (responses and the contract)."""
 
@@ -237,6 +256,19 @@ class GoTrueUserOutput(serializers.Serializer):
     created_at = IsoDateTimeField(source="date_joined")
     updated_at = serializers.SerializerMethodField()
     is_anonymous = serializers.BooleanField(source="is_anonymous_user")
+    # Omitted when the user has none, as GoTrue (auth-js's listFactors and
+    # getAuthenticatorAssuranceLevel read it).
+    factors = serializers.SerializerMethodField()
+
+    def to_representation(self, user: User) -> dict[str, Any]:
+        body = super().to_representation(user)
+        if not body.get("factors"):
+            body.pop("factors", None)
+        return body
+
+    @extend_schema_field(GoTrueFactorOutput(many=True, required=False))
+    def get_factors(self, user: User) -> list[dict[str, Any]]:
+        return GoTrueFactorOutput(user_factors(user=user), many=True).data
 
     def get_aud(self, user: User) -> str:
         return settings.GOTRUE_JWT_AUDIENCE

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
+from datetime import UTC, datetime
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -68,6 +72,11 @@ class Clock:
 
 _CODE = re.compile(r"Your code: (\d{6,10})")
 _LINK = re.compile(r"(https?://\S+/auth/v1/verify\?\S+)")
+
+
+def text_of(message: Message) -> str:
+    """An email's text/plain part."""
+    return _text(message)
 
 
 def _text(message: Message) -> str:
@@ -190,9 +199,188 @@ def signing_keys_warm() -> None:
     signing.keys.signer()
 
 
-# Headless Chromium (Debian's package, driven by Python playwright; scripts/services.sh
-# ensure_chromium installs it). No ORM calls while a sync playwright block runs: its
-# asyncio loop on this thread trips Django's async-safety check.
+# --- TOTP second factors -------------------------------------------------------------------
+
+
+def totp_code(secret: str, *, steps: int = 0) -> str:
+    """The code of `secret` now (`steps` away: -1 the previous 30-second step)."""
+    import pyotp  # the server's own library: codes as an authenticator app computes them
+
+    totp = pyotp.TOTP(secret)
+    return totp.generate_otp(totp.timecode(datetime.now(UTC)) + steps)
+
+
+# --- second factors --------------------------------------------------------------------------
+
+
+def session_of(access_token: str):  # -> uuid.UUID
+    """The session id an access token (either surface's) names, read without verifying it."""
+    import uuid
+
+    claims = jwt.decode(access_token, options={"verify_signature": False})
+    return uuid.UUID(claims.get("session_id") or claims["sid"])  # GoTrue's claim, or the native one
+
+
+def aal2(access_token: str) -> None:
+    """Raise the token's session to aal2 (as a verified second factor would)."""
+    from accounts import mfa
+    from accounts.models import Session
+
+    session = Session.objects.select_related("user").get(pk=session_of(access_token))
+    mfa.session_elevate(user=session.user, session_id=session.pk, method="totp")
+
+
+# --- WebAuthn: a software authenticator ---------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def b64url_bytes(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+WEBAUTHN_ORIGIN = "http://localhost:8000"  # the tests' WEBAUTHN_ORIGINS (webauthn_rp below)
+FLAG_UP, FLAG_UV, FLAG_AT = 0x01, 0x04, 0x40
+
+
+def webauthn_rp(settings: Any, *, origin: str = WEBAUTHN_ORIGIN) -> None:
+    """The relying party of the passkey tests: localhost and `origin`."""
+    settings.WEBAUTHN_RP_ID = "localhost"
+    settings.WEBAUTHN_ORIGINS = [origin]
+
+
+class SoftAuthenticator:
+    """A platform authenticator in software, as the tests' browser: one P-256
+    discoverable credential, attestation "none", authenticatorData,
+    clientDataJSON and ES256 signatures built byte for byte as a real one does
+    (WebAuthn Level 2, 6.1 and 6.5). create()/get() take the server's options
+    (WebAuthn's JSON form) and return the credential as
+    PublicKeyCredential.toJSON() serializes it. Keyword overrides make it
+    misbehave: another origin or RP id, no user verification, a chosen counter."""
+
+    AAGUID = bytes(16)  # attestation "none": zeros
+
+    def __init__(self, *, origin: str = WEBAUTHN_ORIGIN) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.origin = origin
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        self.credential_id = secrets.token_bytes(32)
+        self.sign_count = 0
+        self.user_handle: bytes | None = None
+        self.rp_id: str | None = None
+
+    def _cose_key(self) -> bytes:
+        import cbor2
+
+        numbers = self.key.public_key().public_numbers()
+        return cbor2.dumps({1: 2, 3: -7, -1: 1, -2: numbers.x.to_bytes(32, "big"), -3: numbers.y.to_bytes(32, "big")})
+
+    def _client_data(self, kind: str, challenge: str, origin: str | None) -> bytes:
+        data = {"type": kind, "challenge": challenge, "origin": origin or self.origin, "crossOrigin": False}
+        return json.dumps(data, separators=(",", ":")).encode()
+
+    @staticmethod
+    def _flags(*, uv: bool, attested: bool = False) -> int:
+        return FLAG_UP | (FLAG_UV if uv else 0) | (FLAG_AT if attested else 0)
+
+    def create(self, options: dict, *, origin: str | None = None, rp_id: str | None = None, uv: bool = True) -> dict:
+        """navigator.credentials.create({publicKey: options}), serialized."""
+        import cbor2
+
+        self.rp_id = options["rp"]["id"]
+        self.user_handle = b64url_bytes(options["user"]["id"])
+        rp_hash = hashlib.sha256((rp_id or self.rp_id).encode()).digest()
+        attested = self.AAGUID + len(self.credential_id).to_bytes(2, "big") + self.credential_id + self._cose_key()
+        auth_data = rp_hash + bytes([self._flags(uv=uv, attested=True)]) + self.sign_count.to_bytes(4, "big") + attested
+        attestation = cbor2.dumps({"fmt": "none", "attStmt": {}, "authData": auth_data})
+        client_data = self._client_data("webauthn.create", options["challenge"], origin)
+        return {
+            "id": b64url(self.credential_id),
+            "rawId": b64url(self.credential_id),
+            "response": {
+                "clientDataJSON": b64url(client_data),
+                "attestationObject": b64url(attestation),
+                "transports": ["internal"],
+            },
+            "type": "public-key",
+            "clientExtensionResults": {},
+            "authenticatorAttachment": "platform",
+        }
+
+    def get(
+        self,
+        options: dict,
+        *,
+        origin: str | None = None,
+        rp_id: str | None = None,
+        uv: bool = True,
+        sign_count: int | None = None,
+        user_handle: bool = True,
+    ) -> dict:
+        """navigator.credentials.get({publicKey: options}), serialized; the counter moves on by one
+        (or is `sign_count`)."""
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.sign_count = self.sign_count + 1 if sign_count is None else sign_count
+        rp_hash = hashlib.sha256((rp_id or options.get("rpId") or self.rp_id or "").encode()).digest()
+        auth_data = rp_hash + bytes([self._flags(uv=uv)]) + self.sign_count.to_bytes(4, "big")
+        client_data = self._client_data("webauthn.get", options["challenge"], origin)
+        signature = self.key.sign(auth_data + hashlib.sha256(client_data).digest(), ec.ECDSA(hashes.SHA256()))
+        response = {
+            "clientDataJSON": b64url(client_data),
+            "authenticatorData": b64url(auth_data),
+            "signature": b64url(signature),
+        }
+        if user_handle and self.user_handle is not None:
+            response["userHandle"] = b64url(self.user_handle)
+        return {
+            "id": b64url(self.credential_id),
+            "rawId": b64url(self.credential_id),
+            "response": response,
+            "type": "public-key",
+            "clientExtensionResults": {},
+            "authenticatorAttachment": "platform",
+        }
+
+
+NATIVE_PASSKEYS = "/api/v1/auth/passkeys"
+GOTRUE_PASSKEYS = "/auth/v1/passkeys"
+
+
+def passkey_register(client: APIClient, authenticator: SoftAuthenticator, *, base: str = NATIVE_PASSKEYS) -> Any:
+    """Registration options -> the authenticator -> registration verify, with `client`'s
+    credentials; the verify response."""
+    options = client.post(f"{base}/registration/options", {}, format="json")
+    assert options.status_code == 200, options.content
+    body = options.json()
+    credential = authenticator.create(body["options"])
+    return client.post(
+        f"{base}/registration/verify", {"challenge_id": body["challenge_id"], "credential": credential}, format="json"
+    )
+
+
+def passkey_assert(
+    client: APIClient, authenticator: SoftAuthenticator, *, base: str = NATIVE_PASSKEYS, mfa: bool = False, **get: Any
+) -> Any:
+    """Authentication options -> the authenticator (`get` overrides) -> verify: a sign-in, or
+    with `mfa` the second-factor routes (`client` carrying the session's bearer)."""
+    step = "mfa" if mfa else "authentication"
+    options = client.post(f"{base}/{step}/options", {}, format="json")
+    assert options.status_code == 200, options.content
+    body = options.json()
+    credential = authenticator.get(body["options"], **get)
+    return client.post(
+        f"{base}/{step}/verify", {"challenge_id": body["challenge_id"], "credential": credential}, format="json"
+    )
+
+
+# --- a real browser: Debian's Chromium driven by Playwright ------------------------------------
+
+BASE_DIR = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("VELRO_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless=new",
@@ -204,10 +392,50 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def chromium_launch(playwright: Any):  # -> playwright Browser
-    """Chromium under `playwright` (sync API), skipping the test when it is not installed."""
+def chromium_or_skip() -> Path:
+    """The Chromium binary; tries scripts/services.sh ensure_chromium once if it is missing."""
+    if CHROMIUM.exists():
+        return CHROMIUM
+    try:
+        result = subprocess.run(
+            ["bash", "-c", "source scripts/services.sh && ensure_chromium"],
+            cwd=BASE_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        output = (result.stdout + result.stderr).strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        output = repr(exc)
     if not CHROMIUM.exists():
-        pytest.skip(f"Chromium not installed ({CHROMIUM}): source scripts/services.sh && ensure_chromium")
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        tail = " | ".join(output.splitlines()[-3:])
+        pytest.skip(f"Chromium not installed: apt-get install chromium failed ({CHROMIUM} missing; {tail})")
+    return CHROMIUM
+
+
+def sync_playwright_or_skip() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright not installed: pip install -r requirements-dev.txt (playwright==1.65.2)")
+    return sync_playwright
+
+
+def chromium_launch(playwright: Any, chromium_path: Path | None = None) -> Any:
+    """A headless Chromium of `playwright` (its sync API), Debian's binary (by default
+    the one chromium_or_skip finds: the test skips, saying why, when there is none)."""
+    path = chromium_path or chromium_or_skip()
+    return playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
+
+
+def artifacts_dir(name: str) -> Path:
+    """test-artifacts/<name>/, emptied of the screenshots of an earlier run."""
+    path = BASE_DIR / "test-artifacts" / name
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.glob("*.png"):
+        old.unlink()
+    return path

@@ -12,33 +12,24 @@ ensure_chromium, which scripts/test.sh also runs).
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from accounts.models import Session
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
+from accounts.tests.support import (
+    PNG_SIGNATURE,
+    artifacts_dir,
+    chromium_launch,
+    chromium_or_skip,
+    sync_playwright_or_skip,
+)
 from accounts.tokens import access_token_decode
 from referrals.models import ReferralStatus
 from referrals.tests.factories import refer, refer_rejected
 
-BASE_DIR = Path(__file__).resolve().parents[2]
-ARTIFACTS = BASE_DIR / "test-artifacts" / "admin-browser"
-CHROMIUM = Path(os.environ.get("VELRO_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 ME = "/api/v1/auth/me"
 OPERATOR_EMAIL = "operator@example.com"
 MEMBER_EMAIL = "browser-member@example.com"
@@ -46,48 +37,19 @@ MEMBER_EMAIL = "browser-member@example.com"
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 
-def _chromium_or_skip() -> Path:
-    """The Chromium binary; tries scripts/services.sh ensure_chromium once if it is missing."""
-    if CHROMIUM.exists():
-        return CHROMIUM
-    try:
-        result = subprocess.run(
-            ["bash", "-c", "source scripts/services.sh && ensure_chromium"],
-            cwd=BASE_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        output = (result.stdout + result.stderr).strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        output = repr(exc)
-    if not CHROMIUM.exists():
-        tail = " | ".join(output.splitlines()[-3:])
-        pytest.skip(f"Chromium not installed: apt-get install chromium failed ({CHROMIUM} missing; {tail})")
-    return CHROMIUM
-
-
 @pytest.fixture
 def sync_playwright():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("playwright not installed: pip install -r requirements-dev.txt (playwright==1.65.2)")
-    return sync_playwright
+    return sync_playwright_or_skip()
 
 
 @pytest.fixture
 def chromium_path() -> Path:
-    return _chromium_or_skip()
+    return chromium_or_skip()
 
 
 @pytest.fixture
 def artifacts() -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    return ARTIFACTS
+    return artifacts_dir("admin-browser")
 
 
 def _me_status(api, access_token: str) -> int:
@@ -126,7 +88,7 @@ def test_operator_walks_through_the_admin_in_headless_chromium(
     # No ORM calls inside this block: Playwright's sync API runs an asyncio
     # loop on this thread, which Django's async-safety check refuses.
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(chromium_path), headless=True, args=CHROMIUM_ARGS)
+        browser = chromium_launch(pw, chromium_path)
         context = None
         try:
             context = browser.new_context(viewport={"width": 1920, "height": 1080})

@@ -414,6 +414,8 @@ const SCENARIOS = {
     out.afterSignOut = answerOf(await client.getUser(session.access_token))
     return out
   },
+
+  ...mfaScenarios(), // --- MFA (TOTP): defined at the end of this file
 }
 
 // --- OAuth / OIDC (sign in with a provider; accounts/gotrue/tests/test_external_authjs.py) -----
@@ -471,17 +473,155 @@ Object.assign(SCENARIOS, {
 
 // --- main ------------------------------------------------------------------------------------
 
-const [scenarioName, rawArgs = '{}'] = process.argv.slice(2)
-const scenario = Object.hasOwn(SCENARIOS, scenarioName) ? SCENARIOS[scenarioName] : null
-if (!scenario) {
-  console.error(`unknown scenario ${JSON.stringify(scenarioName)}; known: ${Object.keys(SCENARIOS).join(', ')}`)
-  process.exit(2)
+// Run once the whole module was evaluated: the blocks after this one add their scenarios to SCENARIOS.
+async function main() {
+  const [scenarioName, rawArgs = '{}'] = process.argv.slice(2)
+  const scenario = Object.hasOwn(SCENARIOS, scenarioName) ? SCENARIOS[scenarioName] : null
+  if (!scenario) {
+    console.error(`unknown scenario ${JSON.stringify(scenarioName)}; known: ${Object.keys(SCENARIOS).join(', ')}`)
+    process.exit(2)
+  }
+  const ctx = { requests: [], corsViolations: [] }
+  try {
+    const result = await scenario(JSON.parse(rawArgs), ctx)
+    process.stdout.write(`${JSON.stringify({ ...result, requests: ctx.requests, corsViolations: ctx.corsViolations })}\n`)
+  } catch (error) {
+    console.error(`scenario ${scenarioName} failed:`, error)
+    process.exitCode = 1
+  }
 }
-const ctx = { requests: [], corsViolations: [] }
-try {
-  const result = await scenario(JSON.parse(rawArgs), ctx)
-  process.stdout.write(`${JSON.stringify({ ...result, requests: ctx.requests, corsViolations: ctx.corsViolations })}\n`)
-} catch (error) {
-  console.error(`scenario ${scenarioName} failed:`, error)
-  process.exitCode = 1
+setImmediate(main)
+
+// --- passkeys --------------------------------------------------------------------------------
+// auth-js's passkey calls that need no browser (the WebAuthn ceremonies themselves run in
+// Chromium: test_passkeys_browser.py): registration and sign-in options, list, update, delete.
+// They need `experimental: {passkey: true}` (helpers.assertPasskeyExperimentalEnabled throws
+// without it). args: email, password, passkeyId, friendlyName, aal2Session ({access_token,
+// refresh_token} of an aal2 session of the same user, for the delete).
+
+function passkeyClient(args, ctx, experimental) {
+  return new AuthClient({
+    url: args.url,
+    headers: args.apikey ? { apikey: args.apikey } : {},
+    autoRefreshToken: false,
+    detectSessionInUrl: false,
+    persistSession: false,
+    fetch: makeFetch(ctx, args.origin),
+    experimental,
+  })
+}
+
+function dataOf({ data, error }) {
+  return { data: data ?? null, error: errorOf(error) }
+}
+
+SCENARIOS.passkeys = async (args, ctx) => {
+  const out = {}
+  try {
+    await passkeyClient(args, ctx, {})._listPasskeys()
+    out.withoutFlag = null
+  } catch (error) {
+    out.withoutFlag = error.message
+  }
+  const client = passkeyClient(args, ctx, { passkey: true })
+  await signedIn(client, args.email, args.password)
+  out.registrationOptions = dataOf(await client._startPasskeyRegistration())
+  out.authenticationOptions = dataOf(await client._startPasskeyAuthentication())
+  out.list = dataOf(await client._listPasskeys())
+  out.update = dataOf(await client._updatePasskey({ passkeyId: args.passkeyId, friendlyName: args.friendlyName }))
+  out.updateUnknown = dataOf(
+    await client._updatePasskey({ passkeyId: '00000000-0000-0000-0000-000000000000', friendlyName: 'x' }),
+  )
+  out.deleteAtAal1 = dataOf(await client._deletePasskey({ passkeyId: args.passkeyId }))
+  out.setSession = answerOf(await client.setSession(args.aal2Session))
+  out.deleteAtAal2 = dataOf(await client._deletePasskey({ passkeyId: args.passkeyId }))
+  out.listAfterDelete = dataOf(await client._listPasskeys())
+  return out
+}
+
+// --- MFA (TOTP) ------------------------------------------------------------------------------
+// The codes come from the test (computed in Python from the secret enrolled in an earlier run):
+// a scenario hands its session back (`session`) and the next run resumes it (args.session).
+
+function claimsOf(accessToken) {
+  const payload = JSON.parse(Buffer.from(accessToken.split('.')[1], 'base64url').toString())
+  return { aal: payload.aal, amr: (payload.amr ?? []).map((entry) => entry.method).sort() }
+}
+
+async function resumed(args, ctx) {
+  const client = makeClient(args, ctx)
+  const { error } = await client.setSession(args.session)
+  if (error) throw new Error(`setSession failed: ${JSON.stringify(errorOf(error))}`)
+  return client
+}
+
+function handedSession(session) {
+  return { access_token: session.access_token, refresh_token: session.refresh_token }
+}
+
+function mfaScenarios() {
+  return {
+    // Sign in, read the levels, enroll a TOTP factor: its id and secret, and the session.
+    async mfaEnroll(args, ctx) {
+      const client = makeClient(args, ctx)
+      const session = await signedIn(client, args.email, args.password)
+      const out = { before: (await client.mfa.getAuthenticatorAssuranceLevel()).data }
+      const { data, error } = await client.mfa.enroll({ factorType: 'totp', friendlyName: args.friendlyName })
+      out.enroll = { error: errorOf(error), id: data?.id, type: data?.type, friendlyName: data?.friendly_name }
+      out.qrCode = data?.totp?.qr_code
+      out.secret = data?.totp?.secret
+      out.listed = (await client.mfa.listFactors()).data
+      out.session = handedSession(session)
+      return out
+    },
+
+    // challengeAndVerify with args.code; the same code again (a replay); args.wrongCode; the
+    // levels, the factors; a refresh; a new sign-in's levels; what it may change at aal1.
+    async mfaVerify(args, ctx) {
+      const client = await resumed(args, ctx)
+      const out = {}
+      const verified = await client.mfa.challengeAndVerify({ factorId: args.factorId, code: args.code })
+      out.verify = { error: errorOf(verified.error), recoveryCodes: verified.data?.recovery_codes ?? null }
+      out.verifiedClaims = verified.data ? claimsOf(verified.data.access_token) : null
+      out.replay = errorOf((await client.mfa.challengeAndVerify({ factorId: args.factorId, code: args.code })).error)
+      out.wrong = errorOf((await client.mfa.challengeAndVerify({ factorId: args.factorId, code: args.wrongCode })).error)
+      out.level = (await client.mfa.getAuthenticatorAssuranceLevel()).data
+      const jwt = (await client.getSession()).data.session.access_token
+      out.levelFromJwt = (await client.mfa.getAuthenticatorAssuranceLevel(jwt)).data
+      out.verifiedTotp = (await client.mfa.listFactors()).data.totp.map((factor) => factor.id)
+      const refreshed = await client.refreshSession()
+      out.refreshedClaims = claimsOf(refreshed.data.session.access_token)
+      const other = makeClient(args, ctx)
+      await signedIn(other, args.email, args.password)
+      out.otherLevel = (await other.mfa.getAuthenticatorAssuranceLevel()).data
+      out.otherPassword = errorOf((await other.updateUser({ password: args.newPassword, current_password: args.password })).error)
+      out.otherEmail = errorOf((await other.updateUser({ email: args.newEmail })).error)
+      out.otherUnenroll = errorOf((await other.mfa.unenroll({ factorId: args.factorId })).error)
+      out.session = handedSession((await client.getSession()).data.session)
+      return out
+    },
+
+    // At aal2: change the password, unenroll the factor; the levels after a refresh.
+    async mfaUnenroll(args, ctx) {
+      const client = await resumed(args, ctx)
+      const out = {}
+      out.password = errorOf((await client.updateUser({ password: args.newPassword, current_password: args.password })).error)
+      const removed = await client.mfa.unenroll({ factorId: args.factorId })
+      out.unenroll = { error: errorOf(removed.error), id: removed.data?.id }
+      await client.refreshSession()
+      out.level = (await client.mfa.getAuthenticatorAssuranceLevel()).data
+      out.factors = (await client.mfa.listFactors()).data.all
+      return out
+    },
+
+    // challengeAndVerify once per args.codes item: each answer's error.
+    async mfaVerifyAttempts(args, ctx) {
+      const client = await resumed(args, ctx)
+      const errors = []
+      for (const code of args.codes) {
+        errors.push(errorOf((await client.mfa.challengeAndVerify({ factorId: args.factorId, code })).error))
+      }
+      return { errors }
+    },
+  }
 }
