@@ -24,7 +24,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.base_user import BaseUserManager
@@ -479,3 +479,11 @@ def identity_unlink(*, request: HttpRequest, user: User, identity_id: uuid.UUID)
                 user.save(update_fields=["password"])
         _providers_update(user)
     _audit_identity(request, AuditEvent.Kind.IDENTITY_UNLINKED, target)
+
+
+def flow_states_prune(*, now: datetime | None = None, older_than: timedelta = timedelta(days=1)) -> int:
+    """Delete provider round trips started more than `older_than` ago (beat, hourly, with
+    the one-time tokens): far past GOTRUE_FLOW_STATE_EXPIRY, used or abandoned alike."""
+    now = now or timezone.now()
+    deleted, _ = ExternalFlowState.objects.filter(created_at__lt=now - older_than).delete()
+    return deleted
