@@ -11,7 +11,7 @@ from django.http import HttpRequest
 
 from accounts import mfa, recovery, services
 from accounts.admin_forms import AdminLoginForm
-from accounts.models import ApiKey, MfaFactor, Passkey, PublicUser, Session, User
+from accounts.models import ApiKey, Identity, MfaFactor, Passkey, PublicUser, Session, User
 
 # The admin's sign-in asks users with a second factor for its code (accounts.backends).
 admin.site.login_form = AdminLoginForm
@@ -224,3 +224,21 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def revoke_keys(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
         count = services.api_keys_revoke(key_ids=list(queryset.values_list("pk", flat=True)))
         self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+
+class IdentityInline(admin.TabularInline):
+    """The provider identities (sign in with a provider): read-only, as providers vouch for them."""
+
+    model = Identity
+    extra = 0
+    can_delete = False
+    fields = ("provider", "provider_id", "email", "created_at", "last_sign_in_at")
+    readonly_fields = fields
+    ordering = ("created_at",)
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+# Defined after UserAdmin (kept apart from the other inlines): added to its list here.
+UserAdmin.inlines = [*UserAdmin.inlines, IdentityInline]

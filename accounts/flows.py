@@ -23,7 +23,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts import mfa, onetime, recovery, recovery_flows, selectors, services, throttles
+from accounts import identities, mfa, onetime, recovery, recovery_flows, selectors, services, throttles
 from accounts.models import OneTimeToken, User
 from accounts.models import OneTimeTokenPurpose as Purpose
 from accounts.services import IssuedTokens
@@ -259,7 +259,13 @@ def ott_sign_in(
 def pkce_sign_in(*, request: HttpRequest, auth_code: str, code_verifier: str, surface: str = "gotrue") -> IssuedTokens:
     """/token?grant_type=pkce: the auth code a redirecting verify handed out, with its verifier."""
     throttles.ott_verify_guard(ip=client_ip(request))
-    token = onetime.pkce_exchange(auth_code=auth_code, code_verifier=code_verifier)
+    try:
+        token = onetime.pkce_exchange(auth_code=auth_code, code_verifier=code_verifier)
+    except onetime.FlowStateNotFound:
+        # Not an email link's code: a provider sign-in's (accounts.identities)?
+        return identities.pkce_exchange(
+            request=request, auth_code=auth_code, code_verifier=code_verifier, surface=surface
+        )
     if not token.user.is_active:
         raise onetime.FlowStateNotFound()
     tokens = services.session_login(

@@ -53,7 +53,7 @@ from django.utils.dateparse import parse_datetime
 from accounts import services
 from accounts.events import users_imported
 from accounts.gotrue.serializers import display_name_from
-from accounts.models import NO_EMAIL_DOMAIN, PublicUser, User, normalize_email
+from accounts.models import NO_EMAIL_DOMAIN, Identity, PublicUser, User, normalize_email
 from accounts.selectors import cache_invalidate, user_key
 
 BCRYPT_HASH = re.compile(r"^\$2[abxy]\$\d{2}\$[./A-Za-z0-9]{53}$")
@@ -606,3 +606,109 @@ def import_supabase_users(
 
         importer = SupabaseUserImporter(batch_size=batch_size, on_notice=on_notice, on_batch=on_batch)
         return importer.run(export.rows)
+
+
+# --- auth.identities ------------------------------------------------------------------------------
+#
+# `import_supabase_users users.csv --identities identities.csv`: the export of
+# auth.identities (same formats: `\copy (select * from auth.identities) to ... csv header`),
+# imported after the users. Each row becomes an accounts.Identity (upsert on provider +
+# provider_id: re-running updates); rows of users not imported are skipped with a reason.
+# Old exports without a provider_id column carried the subject in `id`.
+
+
+@dataclass
+class IdentityImportReport:
+    imported: int = 0
+    skipped: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        skipped = ", ".join(f"{count} {reason}" for reason, count in sorted(self.skipped.items()))
+        return f"{self.imported} identities imported" + (f"; skipped: {skipped}" if skipped else "")
+
+
+def _identity_row(data: dict[str, Any], now: datetime) -> Identity:
+    provider = _text_value(data, "provider")
+    subject = _text_value(data, "provider_id") or _text_value(data, "id")
+    if not provider or not subject:
+        raise MalformedRow("provider and provider_id are required")
+    try:
+        user_id = uuid.UUID(_text_value(data, "user_id"))
+    except ValueError:
+        raise MalformedRow("user_id is not a UUID") from None
+    try:
+        identity_id = uuid.UUID(_text_value(data, "id")) if data.get("provider_id") else uuid.uuid4()
+    except ValueError:
+        identity_id = uuid.uuid4()
+    identity_data = _metadata(data, "identity_data")
+    email = _text_value(data, "email") or str(identity_data.get("email") or "")
+    return Identity(
+        id=identity_id,
+        user_id=user_id,
+        provider=provider[:64],
+        provider_id=subject[:255],
+        identity_data=identity_data,
+        email=email.lower()[:254],
+        created_at=_timestamp(data, "created_at") or now,
+        updated_at=_timestamp(data, "updated_at") or now,
+        last_sign_in_at=_timestamp(data, "last_sign_in_at"),
+    )
+
+
+def _providers_merge(user_ids: set[uuid.UUID]) -> None:
+    """app_metadata.providers lists every imported identity's provider (GoTrue keeps them in step)."""
+    by_user: dict[uuid.UUID, list[str]] = {}
+    for user_id, provider in (
+        Identity.objects.filter(user_id__in=user_ids).order_by("created_at").values_list("user_id", "provider")
+    ):
+        by_user.setdefault(user_id, []).append(provider)
+    for user in User.objects.filter(pk__in=list(by_user)):
+        metadata = dict(user.app_metadata or {})
+        providers = list(dict.fromkeys([*(metadata.get("providers") or []), *by_user[user.pk]]))
+        if providers != metadata.get("providers"):
+            metadata["providers"] = providers
+            metadata.setdefault("provider", providers[0])
+            User.objects.filter(pk=user.pk).update(app_metadata=metadata)
+            cache_invalidate([user_key(user.pk)])
+
+
+def import_supabase_identities(
+    path: Path | str, *, fmt: str | None = None, batch_size: int = 1000
+) -> IdentityImportReport:
+    """Import an auth.identities export onto the users already imported."""
+    report = IdentityImportReport()
+    now = timezone.now()
+    with open_export(path, fmt) as export:
+        batch: list[Identity] = []
+        for raw in export.rows:
+            if raw.error:
+                report.skipped["unreadable"] += 1
+                continue
+            try:
+                batch.append(_identity_row(raw.data, now))
+            except MalformedRow:
+                report.skipped["malformed"] += 1
+                continue
+            if len(batch) >= batch_size:
+                _identities_write(batch, report)
+                batch = []
+        if batch:
+            _identities_write(batch, report)
+    return report
+
+
+def _identities_write(batch: list[Identity], report: IdentityImportReport) -> None:
+    known = set(User.objects.filter(pk__in={row.user_id for row in batch}).values_list("pk", flat=True))
+    rows = list({(row.provider, row.provider_id): row for row in batch if row.user_id in known}.values())
+    report.skipped["user not imported"] += len([row for row in batch if row.user_id not in known])
+    with transaction.atomic():
+        Identity.objects.bulk_create(
+            rows,
+            update_conflicts=True,
+            unique_fields=["provider", "provider_id"],
+            update_fields=["identity_data", "email", "updated_at", "last_sign_in_at"],
+        )
+        _providers_merge({row.user_id for row in rows})
+    report.imported += len(rows)
+    if not report.skipped["user not imported"]:
+        del report.skipped["user not imported"]

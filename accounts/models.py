@@ -523,3 +523,67 @@ class WebAuthnChallenge(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} challenge {self.pk}"
+
+
+# --- Sign in with a provider (accounts.external, accounts.identities) --------------------
+
+
+class Identity(models.Model):
+    """A way to sign in that a provider vouches for: GoTrue's auth.identities row.
+
+    One user, many identities (each provider subject once). The email identity of
+    a password user is not stored: the GoTrue user object derives it
+    (accounts/gotrue/serializers.py), except for rows imported from Supabase."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="identities")
+    provider = models.CharField(max_length=64)
+    provider_id = models.CharField(max_length=255)  # the provider's subject (sub, GitHub's numeric id)
+    identity_data = models.JSONField(default=dict, blank=True)  # the claims: sub, email, email_verified, name...
+    email = models.CharField(max_length=254, blank=True, default="")  # lowercased, as the provider gave it
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    last_sign_in_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_identities"
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "provider_id"], name="auth_identity_provider_unique")
+        ]
+        verbose_name_plural = "identities"
+
+    def __str__(self) -> str:
+        return f"{self.provider} {self.provider_id}"
+
+
+class ExternalFlowState(models.Model):
+    """One provider round trip (GET /authorize -> provider -> /callback), used once.
+
+    The `state` sent to the provider is random and only its hash is kept; the nonce
+    and the PKCE verifier towards the provider live here until the callback claims
+    the row. A client PKCE flow (code_challenge) then gets an auth code for
+    /token?grant_type=pkce, claimed once too (conditional UPDATEs)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    state_hash = models.CharField(max_length=64, unique=True)
+    provider = models.CharField(max_length=64)
+    surface = models.CharField(max_length=8, default="gotrue")  # gotrue | native
+    nonce = models.CharField(max_length=128, blank=True, default="")
+    provider_code_verifier = models.CharField(max_length=128)
+    redirect_to = models.CharField(max_length=2048)
+    code_challenge = models.CharField(max_length=128, blank=True, default="")
+    code_challenge_method = models.CharField(max_length=8, blank=True, default="")
+    # linkIdentity: the signed-in user the new identity is for.
+    link_user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(User, null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    auth_code_hash = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    auth_code_issued_at = models.DateTimeField(null=True, blank=True)
+    auth_code_used_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "auth_flow_states"
+
+    def __str__(self) -> str:
+        return f"{self.provider} flow {self.pk}"

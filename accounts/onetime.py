@@ -428,6 +428,11 @@ def _verifier_matches(token: OneTimeToken, verifier: str) -> bool:
     return hmac.compare_digest(expected.encode(), token.code_challenge.encode())
 
 
+def pkce_verifier_matches(*, code_challenge: str, method: str, verifier: str) -> bool:
+    """A verifier against a stored challenge (plain or S256), constant time (the provider flows too)."""
+    return _verifier_matches(OneTimeToken(code_challenge=code_challenge, code_challenge_method=method), verifier)
+
+
 def pkce_exchange(*, auth_code: str, code_verifier: str, now: datetime | None = None) -> OneTimeToken:
     """The token (with its user) whose auth code and verifier match, claimed once."""
     now = now or timezone.now()

@@ -417,7 +417,11 @@ def users_page(*, page: int, per_page: int) -> tuple[list[User], int]:
     """One page of users, newest first (GoTrue's order), and the total: two
     queries whatever the page size (the index auth_users_joined_desc serves the order)."""
     offset = (page - 1) * per_page
-    ordered = User.objects.annotate(has_mfa_factors=has_mfa_factors()).order_by("-date_joined", "-id")
+    ordered = (
+        User.objects.annotate(has_mfa_factors=has_mfa_factors())
+        .prefetch_related("identities")
+        .order_by("-date_joined", "-id")
+    )
     users = list(ordered[offset : offset + per_page])
     return users, User.objects.count()
 

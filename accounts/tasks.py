@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from accounts.identities import flow_states_prune
 from accounts.onetime import ott_prune
 from accounts.revocations import revocations_prune
 from accounts.services import public_users_repair
@@ -24,5 +25,6 @@ def repair_mirror() -> dict[str, int]:
 
 @shared_task(name="accounts.prune_one_time_tokens", acks_late=True, ignore_result=True)
 def prune_one_time_tokens() -> int:
-    """Drop one-time tokens expired for more than a day."""
-    return ott_prune()
+    """Drop one-time tokens expired for more than a day, and provider sign-in round trips
+    (flow states) older than a day."""
+    return ott_prune() + flow_states_prune()

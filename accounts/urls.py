@@ -1,6 +1,6 @@
 from django.urls import path
 
-from accounts import jwks, passkey_views, recovery_views, totp_views, views
+from accounts import jwks, oidc_views, passkey_views, recovery_views, totp_views, views
 
 urlpatterns = [
     path("signup", views.SignupView.as_view(), name="auth-signup"),
@@ -19,6 +19,14 @@ urlpatterns = [
     path("email/change/confirm", views.EmailChangeConfirmView.as_view(), name="auth-email-change-confirm"),
     path("api-keys", views.ApiKeyListView.as_view(), name="auth-api-keys"),
     path("api-keys/<uuid:key_id>", views.ApiKeyDetailView.as_view(), name="auth-api-key"),
+    # Sign in with a provider, identities: accounts/oidc_views.py.
+    path("oauth/providers", oidc_views.ProvidersView.as_view(), name="auth-oauth-providers"),
+    path("oauth/authorize", oidc_views.OAuthAuthorizeView.as_view(), name="auth-oauth-authorize"),
+    path("oauth/token", oidc_views.OAuthTokenView.as_view(), name="auth-oauth-token"),
+    path("oauth/id-token", oidc_views.OAuthIdTokenView.as_view(), name="auth-oauth-id-token"),
+    path("identities", oidc_views.IdentityListView.as_view(), name="auth-identities"),
+    path("identities/link", oidc_views.IdentityLinkView.as_view(), name="auth-identity-link"),
+    path("identities/<uuid:identity_id>", oidc_views.IdentityDetailView.as_view(), name="auth-identity"),
     path("mfa/factors", totp_views.FactorsView.as_view(), name="auth-mfa-factors"),
     path("mfa/factors/<str:factor_id>", totp_views.FactorView.as_view(), name="auth-mfa-factor"),
     path("mfa/factors/<str:factor_id>/challenge", totp_views.FactorChallengeView.as_view(), name="auth-mfa-challenge"),

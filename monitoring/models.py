@@ -40,6 +40,9 @@ class AuditEvent(models.Model):
         PASSKEY_DELETED = "passkey_deleted"
         PASSKEY_SIGN_COUNT_REGRESSION = "passkey_sign_count_regression"  # a cloned authenticator?
         MFA_RESET = "mfa_reset"  # an operator removed every factor (detail: actor)
+        # Sign in with a provider (accounts.identities): detail identity_id, provider, provider_id.
+        IDENTITY_LINKED = "identity_linked"
+        IDENTITY_UNLINKED = "identity_unlinked"
 
     id = models.BigAutoField(primary_key=True)
     kind = models.CharField(max_length=32, choices=Kind.choices)

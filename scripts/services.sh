@@ -19,7 +19,9 @@
 #   ensure_chromium          Debian's chromium at /usr/bin/chromium for the admin browser test
 #                            (installs it with apt-get if missing; fails soft: warns, returns 0)
 #   ensure_node_deps [DIR]   node + npm and `npm ci` of DIR (default accounts/gotrue/tests/js, the
-#                            @supabase/auth-js tests; stamped by the lockfile: re-runs stay offline)
+#                            @supabase/auth-js tests; accounts/gotrue/tests/oidc: the local OpenID
+#                            Connect provider, which needs node >= 20.19; stamped by the lockfile:
+#                            re-runs stay offline)
 #   pg_reachable             0 if PostgreSQL accepts connections on 127.0.0.1:5432 (never installs)
 #   redis_reachable          0 if Redis answers PING on 127.0.0.1:6379 (never installs)
 #   create_db NAME           create database NAME as role root unless it exists

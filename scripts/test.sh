@@ -26,6 +26,7 @@ ensure_promtool
 ensure_nginx
 ensure_wrk
 ensure_node_deps
+ensure_node_deps accounts/gotrue/tests/oidc # the OpenID Connect provider of the sign-in-with-provider tests
 ensure_venv requirements-dev.txt
 
 if [[ -z "${DJANGO_SECRET_KEY:-}" ]]; then

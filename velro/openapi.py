@@ -28,8 +28,10 @@ _DESCRIPTIONS = {
     422: "mfa_verification_failed (a wrong, used or malformed second-factor code) / mfa_challenge_expired /"
     " mfa_ip_address_mismatch / mfa_factor_not_found (a challenge) / mfa_factor_name_conflict /"
     " too_many_enrolled_mfa_factors / second_factor_required / too_many_passkeys /"
-    " webauthn_credential_exists / webauthn_credential_not_found",
+    " webauthn_credential_exists / webauthn_credential_not_found / single_identity_not_deletable /"
+    " identity_already_exists / identity_not_found",
     429: "rate_limited / over_email_send_rate_limit (one email per address and purpose a minute), with Retry-After",
+    502: "unexpected_failure (the sign-in provider did not answer)",
     503: "unavailable (database timed out or down) or overloaded (password work shed), with Retry-After",
 }
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -455,6 +457,86 @@ GOTRUE_URI_ALLOW_LIST = _list("GOTRUE_URI_ALLOW_LIST", "")
 # How long a PKCE auth code from GET /verify may wait for /token?grant_type=pkce
 # (GoTrue's GOTRUE_EXTERNAL_FLOW_STATE_EXPIRY_DURATION default: 300 s).
 GOTRUE_FLOW_STATE_EXPIRY = _int("GOTRUE_FLOW_STATE_EXPIRY", 300, minimum=10)
+# Sign in with a provider (accounts/external.py, /auth/v1/authorize and /callback):
+# GoTrue's env names per built-in provider (GOTRUE_EXTERNAL_<NAME>_ENABLED, _CLIENT_ID,
+# _SECRET, _REDIRECT_URI, _URL) plus OIDC_PROVIDERS, a JSON object for any OpenID
+# Connect issuer: {"name": {"issuer", "client_id", "client_secret", "scopes"?,
+# "redirect_uri"?}}. The redirect URI to register at the provider defaults to
+# GOTRUE_SITE_URL + /auth/v1/callback. Checked here so a typo fails at start, not
+# at a user's first sign-in.
+EXTERNAL_CALLBACK_URL = f"{GOTRUE_SITE_URL}/auth/v1/callback"
+# Seconds Velro waits for a provider (discovery, JWKS, token, GitHub's API).
+EXTERNAL_HTTP_TIMEOUT = _float("EXTERNAL_HTTP_TIMEOUT", 10.0, minimum=0.5)
+_EXTERNAL_BUILTINS = {
+    # Google: OpenID Connect; GOTRUE_EXTERNAL_GOOGLE_URL may name another issuer.
+    "google": {"kind": "oidc", "url": "https://accounts.google.com", "scopes": "openid email profile"},
+    # GitHub: OAuth 2.0 with its REST API (not OIDC); _URL for GitHub Enterprise, and
+    # _API_URL for its API base (https://<host>/api/v3 there).
+    "github": {"kind": "github", "url": "https://github.com", "scopes": "read:user user:email"},
+}
+
+
+def _external_provider(name: str, defaults: dict) -> dict | None:
+    prefix = f"GOTRUE_EXTERNAL_{name.upper()}_"
+    if not _bool(prefix + "ENABLED", False):
+        return None
+    url = _url(prefix + "URL", defaults["url"], schemes=("http", "https")).rstrip("/")
+    provider = {
+        "kind": defaults["kind"],
+        "client_id": _str(prefix + "CLIENT_ID"),
+        "client_secret": _str(prefix + "SECRET"),
+        "redirect_uri": _url(prefix + "REDIRECT_URI", "", schemes=("http", "https")) or EXTERNAL_CALLBACK_URL,
+        "scopes": _str(prefix + "SCOPES", "").split() or defaults["scopes"].split(),
+    }
+    if defaults["kind"] == "oidc":
+        provider["issuer"] = url
+    else:
+        api = "https://api.github.com" if url == "https://github.com" else f"{url}/api/v3"
+        provider["url"] = url
+        provider["api_url"] = _url(prefix + "API_URL", api, schemes=("http", "https")).rstrip("/")
+    if not provider["client_id"] or not provider["client_secret"]:
+        raise ImproperlyConfigured(f"{prefix}ENABLED=true needs {prefix}CLIENT_ID and {prefix}SECRET")
+    return provider
+
+
+def _oidc_providers(raw: str) -> dict[str, dict]:
+    try:
+        value = json.loads(raw or "{}")
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"OIDC_PROVIDERS is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured("OIDC_PROVIDERS must be a JSON object {name: {issuer, client_id, ...}}")
+    providers = {}
+    for name, item in value.items():
+        if not re.fullmatch(r"[a-z0-9_-]{1,32}", name) or name in _EXTERNAL_BUILTINS:
+            raise ImproperlyConfigured(f"OIDC_PROVIDERS: bad or reserved provider name {name!r}")
+        missing = [key for key in ("issuer", "client_id", "client_secret") if not (item or {}).get(key)]
+        if missing:
+            raise ImproperlyConfigured(f"OIDC_PROVIDERS[{name!r}] lacks {', '.join(missing)}")
+        if urlsplit(item["issuer"]).scheme not in ("http", "https"):
+            raise ImproperlyConfigured(f"OIDC_PROVIDERS[{name!r}].issuer must be an http(s) URL")
+        scopes = item.get("scopes") or "openid email profile"
+        providers[name] = {
+            "kind": "oidc",
+            "issuer": item["issuer"].rstrip("/"),
+            "client_id": item["client_id"],
+            "client_secret": item["client_secret"],
+            "scopes": scopes.split() if isinstance(scopes, str) else list(scopes),
+            "redirect_uri": item.get("redirect_uri") or EXTERNAL_CALLBACK_URL,
+        }
+    return providers
+
+
+EXTERNAL_PROVIDERS: dict[str, dict] = {
+    name: provider
+    for name, provider in (
+        *((name, _external_provider(name, defaults)) for name, defaults in _EXTERNAL_BUILTINS.items()),
+        *_oidc_providers(_str("OIDC_PROVIDERS", "")).items(),
+    )
+    if provider is not None
+}
+
+
 # Passkeys (WebAuthn, accounts.passkeys). The relying party: its id (a
 # domain, never an IP: browsers refuse those), its display name, and the
 # origins whose pages may run the ceremonies (scheme://host[:port], each on the

@@ -23,6 +23,7 @@ from django.http import HttpRequest, JsonResponse
 from rest_framework import exceptions as drf
 from rest_framework.response import Response
 
+from accounts.identities import IDENTITY_ERRORS
 from accounts.mfa import InsufficientAal
 from accounts.mfa import SessionNotFound as MfaSessionNotFound
 from accounts.onetime import (
@@ -174,6 +175,7 @@ _ONE_TIME_ERRORS = (
     FlowStateNotFound,
     FlowStateExpired,
     BadCodeVerifier,
+    *IDENTITY_ERRORS,  # sign in with a provider: GoTrue's codes (accounts.identities)
 )
 
 # Fallback code by status, for exceptions without a GoTrue equivalent.

@@ -7,7 +7,6 @@ GoTrue's user and session objects.
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -16,8 +15,9 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
+from accounts import identities
 from accounts.gotrue.tokens import ROLE, app_metadata, gotrue_access_token_encode, user_email
-from accounts.models import User
+from accounts.models import Identity, User
 from accounts.selectors import user_factors
 from accounts.serializers import StrictCharField
 from accounts.services import IssuedTokens
@@ -170,30 +170,48 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def _identities(user: User) -> list[dict[str, Any]]:
+    """GoTrue's identities: the stored ones (providers, imports; accounts.identities)
+    and, for a password or email-code user, the email identity derived from the user."""
+    stored = identities.stored_identities(user)
     email = user_email(user)
-    if not email:
-        return []  # anonymous or phone-only: no email identity
+    derived = [_email_identity(user, email)] if email and identities.has_email_identity(user, stored) else []
+    return derived + [_stored_identity(identity) for identity in stored]
+
+
+def _email_identity(user: User, email: str) -> dict[str, Any]:
     user_id = str(user.pk)
-    return [
-        {
-            # GoTrue's email identity: provider id = user id; our identity id is
-            # derived (stable) since identities are not stored separately.
-            "identity_id": str(uuid.uuid5(user.pk, EMAIL_PROVIDER)),
-            "id": user_id,
-            "user_id": user_id,
-            "identity_data": {
-                "email": email,
-                "email_verified": user.email_confirmed_at is not None,
-                "phone_verified": False,
-                "sub": user_id,
-            },
-            "provider": EMAIL_PROVIDER,
-            "last_sign_in_at": _iso(user.last_login),
-            "created_at": _iso(user.date_joined),
-            "updated_at": _iso(user.updated_at or user.date_joined),
+    return {
+        # GoTrue's email identity: provider id = user id; our identity id is
+        # derived (stable) since it is not stored.
+        "identity_id": str(identities.email_identity_id(user)),
+        "id": user_id,
+        "user_id": user_id,
+        "identity_data": {
             "email": email,
-        }
-    ]
+            "email_verified": user.email_confirmed_at is not None,
+            "phone_verified": False,
+            "sub": user_id,
+        },
+        "provider": EMAIL_PROVIDER,
+        "last_sign_in_at": _iso(user.last_login),
+        "created_at": _iso(user.date_joined),
+        "updated_at": _iso(user.updated_at or user.date_joined),
+        "email": email,
+    }
+
+
+def _stored_identity(identity: Identity) -> dict[str, Any]:
+    return {
+        "identity_id": str(identity.pk),
+        "id": identity.provider_id,
+        "user_id": str(identity.user_id),
+        "identity_data": identity.identity_data,
+        "provider": identity.provider,
+        "last_sign_in_at": _iso(identity.last_sign_in_at),
+        "created_at": _iso(identity.created_at),
+        "updated_at": _iso(identity.updated_at),
+        "email": identity.email,
+    }
 
 
 class IsoDateTimeField(serializers.DateTimeField):

@@ -4,6 +4,7 @@ from accounts import jwks
 from accounts.gotrue import (
     admin_mfa_views,
     admin_views,
+    external_views,
     onetime_views,
     passkey_views,
     recovery_views,
@@ -32,6 +33,11 @@ urlpatterns = [
     path("admin/users", admin_views.AdminUsersView.as_view(), name="gotrue-admin-users"),
     path("admin/audit", admin_views.AdminAuditView.as_view(), name="gotrue-admin-audit"),
     path("admin/users/<str:user_id>", admin_views.AdminUserView.as_view(), name="gotrue-admin-user"),
+    # Sign in with a provider: accounts/gotrue/external_views.py.
+    path("authorize", external_views.AuthorizeView.as_view(), name="gotrue-authorize"),
+    path("callback", external_views.CallbackView.as_view(), name="gotrue-callback"),
+    path("user/identities/authorize", external_views.IdentityAuthorizeView.as_view(), name="gotrue-identity-link"),
+    path("user/identities/<str:identity_id>", external_views.IdentityView.as_view(), name="gotrue-identity"),
     path(
         "admin/users/<str:user_id>/factors", admin_mfa_views.AdminUserFactorsView.as_view(), name="gotrue-admin-factors"
     ),

@@ -201,10 +201,12 @@ class SignupView(PublicGoTrueView):
 
 
 class TokenView(PublicGoTrueView):
-    """POST /token?grant_type=password|refresh_token."""
+    """POST /token?grant_type=password|refresh_token|pkce|id_token."""
 
     @extend_schema(
-        parameters=[OpenApiParameter("grant_type", str, enum=["password", "refresh_token", "pkce"], required=True)],
+        parameters=[
+            OpenApiParameter("grant_type", str, enum=["password", "refresh_token", "pkce", "id_token"], required=True)
+        ],
         request=GoTrueTokenInput,
         responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 415, 422, 429, 503)},
         summary="GoTrue: password login, refresh-token rotation or PKCE code exchange",
@@ -217,6 +219,11 @@ class TokenView(PublicGoTrueView):
             return self._refresh(request)
         if grant_type == "pkce":
             return self._pkce(request)
+        if grant_type == "id_token":
+            # Imported here: external_views builds on this module's base views.
+            from accounts.gotrue.external_views import IdTokenGrantInput, id_token_grant
+
+            return id_token_grant(request, _valid(IdTokenGrantInput, request))
         raise validation_failed(f"unsupported_grant_type: {grant_type or 'missing'}")
 
     def _password(self, request: Request) -> Response:
@@ -386,6 +393,8 @@ class SettingsView(PublicGoTrueView):
     def get(self, request: Request) -> Response:
         external = dict.fromkeys(EXTERNAL_PROVIDERS, False)
         external["email"] = True
+        # The providers configured (GOTRUE_EXTERNAL_*, OIDC_PROVIDERS), by name.
+        external.update(dict.fromkeys(settings.EXTERNAL_PROVIDERS, True))
         return Response(
             {
                 "external": external,

@@ -425,9 +425,11 @@ def sync_playwright_or_skip() -> Any:
     return sync_playwright
 
 
-def chromium_launch(playwright: Any, chromium_path: Path) -> Any:
-    """A headless Chromium of `playwright` (its sync API), Debian's binary."""
-    return playwright.chromium.launch(executable_path=str(chromium_path), headless=True, args=CHROMIUM_ARGS)
+def chromium_launch(playwright: Any, chromium_path: Path | None = None) -> Any:
+    """A headless Chromium of `playwright` (its sync API), Debian's binary (by default
+    the one chromium_or_skip finds: the test skips, saying why, when there is none)."""
+    path = chromium_path or chromium_or_skip()
+    return playwright.chromium.launch(executable_path=str(path), headless=True, args=CHROMIUM_ARGS)
 
 
 def artifacts_dir(name: str) -> Path:

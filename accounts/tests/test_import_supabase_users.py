@@ -24,6 +24,7 @@ from rest_framework.test import APIClient
 from accounts import touch
 from accounts.importer import SupabaseUserImporter, import_supabase_users, open_export
 from accounts.models import PublicUser, Session, User
+from accounts.selectors import has_mfa_factors
 from accounts.tests.factories import UserFactory
 from referrals.models import ReferralCode
 
@@ -553,3 +554,47 @@ def test_a_ban_arriving_with_a_re_import_ends_the_users_sessions(export, hashes,
     assert me.get("/api/v1/auth/me").status_code == 401
     refreshed = api.post("/api/v1/auth/refresh", {"refresh_token": tokens["refresh_token"]}, format="json")
     assert refreshed.status_code == 401
+
+
+# --- auth.identities (--identities) ------------------------------------------------------------------
+
+IDENTITY_COLUMNS = [
+    "provider_id", "user_id", "identity_data", "provider", "last_sign_in_at", "created_at", "updated_at", "email", "id"
+]  # fmt: skip
+
+
+def _identity_export(path: Path) -> Path:
+    google = {"sub": "g-123", "email": "alice@example.com", "email_verified": True, "name": "Alice"}
+    email = {"sub": str(IDS["alice"]), "email": "alice@example.com", "email_verified": True}
+    rows = [
+        ["g-123", IDS["alice"], json.dumps(google), "google", SIGNED_IN, CREATED, CREATED, "alice@example.com"],
+        [str(IDS["alice"]), IDS["alice"], json.dumps(email), "email", SIGNED_IN, CREATED, CREATED, "alice@example.com"],
+        ["g-999", uuid.uuid4(), json.dumps({"sub": "g-999"}), "google", "", CREATED, CREATED, ""],
+    ]
+    with open(path, "w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(IDENTITY_COLUMNS)
+        for row in rows:
+            writer.writerow([_pg_csv(value) for value in row] + [str(uuid.uuid4())])
+    return path
+
+
+def test_imported_identities_map_onto_the_users_and_show_in_the_gotrue_user_object(
+    tmp_path, hashes, django_assert_num_queries
+):
+    users = write_csv(tmp_path / "users.csv", export_rows(hashes), broken_line=False)
+    out, _ = run(users, identities=_identity_export(tmp_path / "identities.csv"))
+    assert "2 identities imported; skipped: 1 user not imported" in out
+    # Read as the API reads a user (the row says whether it has MFA factors).
+    alice = User.objects.annotate(has_mfa_factors=has_mfa_factors()).get(pk=IDS["alice"])
+    assert alice.app_metadata["providers"] == ["email", "google"]
+    from accounts.gotrue.serializers import user_body
+
+    with django_assert_num_queries(1):  # the identities: one query
+        identities = user_body(alice)["identities"]
+    assert [(identity["provider"], identity["id"]) for identity in identities] == [
+        ("email", str(IDS["alice"])),
+        ("google", "g-123"),
+    ]
+    run(users, identities=_identity_export(tmp_path / "identities.csv"))  # re-running updates, no duplicates
+    assert alice.identities.count() == 2

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# The local OpenID Connect provider and Velro's settings for it (sign in with a provider).
+from accounts.gotrue.tests.provider_support import oidc_provider, provider_settings  # noqa: F401
+
 
 @pytest.fixture
 def client(make_client):  # -> SyncGoTrueClient

@@ -768,7 +768,7 @@ def test_health_is_gotrue_shaped_and_runs_no_sql(api):
 
 
 def test_unimplemented_gotrue_routes_are_404_in_gotrue_shape(api, flavour):
-    for path in ("/auth/v1/authorize", "/auth/v1/sso", "/auth/v1/admin/sso/providers"):
+    for path in ("/auth/v1/saml/acs", "/auth/v1/sso", "/auth/v1/admin/sso/providers"):
         assert_gotrue_error(api.post(path, {}, format="json", **flavour), 404, "not_found", flavour)
 
 

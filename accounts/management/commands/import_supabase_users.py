@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from accounts.importer import ImportReport, NotAnExport, import_supabase_users
+from accounts.importer import ImportReport, NotAnExport, import_supabase_identities, import_supabase_users
 
 BAR_WIDTH = 30
 
@@ -22,6 +22,11 @@ class Command(BaseCommand):
         parser.add_argument("file", type=Path)
         parser.add_argument("--format", choices=["csv", "jsonl"], help="default: by extension, else by content")
         parser.add_argument("--batch-size", type=int, default=1000, help="rows per transaction (default 1000)")
+        parser.add_argument(
+            "--identities",
+            type=Path,
+            help="an auth.identities export (CSV or JSON lines) imported after the users: provider sign-ins",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         path: Path = options["file"]
@@ -44,6 +49,12 @@ class Command(BaseCommand):
             raise CommandError(f"{path}: {exc}") from None
         self.clear_bar()
         self.stdout.write(self.style.SUCCESS(f"import_supabase_users: {report.summary()}"))
+        if options["identities"] is not None:
+            try:
+                identities = import_supabase_identities(options["identities"], batch_size=options["batch_size"])
+            except (NotAnExport, OSError) as exc:
+                raise CommandError(f"{options['identities']}: {exc}") from None
+            self.stdout.write(self.style.SUCCESS(f"import_supabase_users: {identities.summary()}"))
 
     def notice(self, kind: str, message: str) -> None:
         if self.verbosity < (2 if kind == "deleted" else 1):

@@ -418,6 +418,59 @@ const SCENARIOS = {
   ...mfaScenarios(), // --- MFA (TOTP): defined at the end of this file
 }
 
+// --- OAuth / OIDC (sign in with a provider; accounts/gotrue/tests/test_external_authjs.py) -----
+// Added to SCENARIOS before main runs (kept apart from the scenarios above).
+Object.assign(SCENARIOS, {
+  // signInWithOAuth({provider, options: {skipBrowserRedirect, redirectTo}}): the /authorize URL
+  // the browser would be sent to (and, for PKCE, the storage holding the code verifier).
+  async signInWithOAuth(args, ctx) {
+    const client = makeClient(args, ctx)
+    const { data, error } = await client.signInWithOAuth({
+      provider: args.provider,
+      options: { redirectTo: args.redirectTo, skipBrowserRedirect: true, scopes: args.scopes },
+    })
+    return { url: data?.url ?? null, error: errorOf(error), storage: ctx.storage ?? null }
+  },
+
+  // signInWithIdToken({provider, token, nonce, access_token}), then the identities getUserIdentities lists.
+  async signInWithIdToken(args, ctx) {
+    const client = makeClient(args, ctx)
+    const signIn = answerOf(
+      await client.signInWithIdToken({
+        provider: args.provider,
+        token: args.idToken,
+        nonce: args.nonce,
+        access_token: args.accessToken,
+      }),
+    )
+    const identities = signIn.error ? null : await client.getUserIdentities()
+    return { signIn, identities: identities?.data?.identities ?? null }
+  },
+
+  // Signed in with a password: linkIdentity's URL (skipBrowserRedirect), getUserIdentities,
+  // and, with args.unlinkProvider, unlinkIdentity of that provider's identity.
+  async identities(args, ctx) {
+    const client = makeClient(args, ctx)
+    await signedIn(client, args.email, args.password)
+    const out = {}
+    if (args.linkProvider) {
+      const link = await client.linkIdentity({
+        provider: args.linkProvider,
+        options: { redirectTo: args.redirectTo, skipBrowserRedirect: true },
+      })
+      out.link = { url: link.data?.url ?? null, error: errorOf(link.error) }
+    }
+    const listed = await client.getUserIdentities()
+    out.identities = listed.data?.identities ?? null
+    if (args.unlinkProvider) {
+      const identity = out.identities.find((item) => item.provider === args.unlinkProvider)
+      out.unlink = { error: errorOf((await client.unlinkIdentity(identity)).error) }
+      out.after = (await client.getUserIdentities()).data?.identities ?? null
+    }
+    return out
+  },
+})
+
 // --- main ------------------------------------------------------------------------------------
 
 // Run once the whole module was evaluated: the blocks after this one add their scenarios to SCENARIOS.
