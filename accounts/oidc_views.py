@@ -157,7 +157,7 @@ class IdentityLinkView(APIView):
 class IdentityDetailView(APIView):
     permission_classes = [IsAuthenticated]
 
-    @extend_schema(request=None, responses={204: None, **errors(401, 422, 503)}, summary="Unlink an identity")
+    @extend_schema(request=None, responses={204: None, **errors(401, 404, 422, 503)}, summary="Unlink an identity")
     def delete(self, request: Request, identity_id: uuid.UUID) -> Response:
         identities.identity_unlink(request=request, user=request.user, identity_id=identity_id)
         return Response(status=status.HTTP_204_NO_CONTENT)
