@@ -32,7 +32,7 @@ from django.db import IntegrityError, transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
-from accounts import external, onetime, selectors, services
+from accounts import external, mfa, onetime, selectors, services
 from accounts.events import user_signed_up
 from accounts.external import ExternalError, Provider, ProviderUser
 from accounts.models import NO_EMAIL_DOMAIN, ExternalFlowState, Identity, User
@@ -450,11 +450,13 @@ def _user_create(*, request: HttpRequest, provider: Provider, provider_user: Pro
 # --- unlinking -------------------------------------------------------------------------------
 
 
-def identity_unlink(*, request: HttpRequest, user: User, identity_id: uuid.UUID) -> None:
+def identity_unlink(*, request: HttpRequest, user: User, identity_id: uuid.UUID, session_id: uuid.UUID | None) -> None:
     """DELETE /user/identities/{id}: never the last way in (GoTrue's
     single_identity_not_deletable). The email identity counts only while it can
     sign in (a usable password, or a confirmed address for email codes);
-    unlinking it removes the password (the address stays the account's)."""
+    unlinking it removes the password (the address stays the account's). It
+    removes a way to sign in: aal2 when the user has a second factor (accounts.mfa)."""
+    mfa.aal_require(user_id=user.pk, session_id=session_id)
     user = User.objects.get(pk=user.pk)
     stored = list(Identity.objects.filter(user=user).order_by("created_at"))
     email_usable = has_email_identity(user, stored) and (

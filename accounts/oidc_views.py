@@ -16,6 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import external, flows, identities
+from accounts.authentication import HasSession
 from accounts.gotrue.serializers import _identities
 from accounts.redirects import redirect_target
 from accounts.serializers import StrictCharField, TokenOutput, token_body
@@ -143,11 +144,12 @@ class IdentityListView(APIView):
 
 
 class IdentityLinkView(APIView):
-    permission_classes = [IsAuthenticated]
+    # A session, not an API key: linking or unlinking changes how the account signs in.
+    permission_classes = [IsAuthenticated, HasSession]
 
     @extend_schema(
         request=AuthorizeInput,
-        responses={200: UrlOutput, **errors(400, 401, 415, 502, 503)},
+        responses={200: UrlOutput, **errors(400, 401, 403, 415, 502, 503)},
         summary="Link a provider to the caller: the URL to send the browser to",
     )
     def post(self, request: Request) -> Response:
@@ -155,9 +157,11 @@ class IdentityLinkView(APIView):
 
 
 class IdentityDetailView(APIView):
-    permission_classes = [IsAuthenticated]
+    permission_classes = [IsAuthenticated, HasSession]
 
-    @extend_schema(request=None, responses={204: None, **errors(401, 404, 422, 503)}, summary="Unlink an identity")
+    @extend_schema(request=None, responses={204: None, **errors(401, 403, 404, 422, 503)}, summary="Unlink an identity")
     def delete(self, request: Request, identity_id: uuid.UUID) -> Response:
-        identities.identity_unlink(request=request, user=request.user, identity_id=identity_id)
+        identities.identity_unlink(
+            request=request, user=request.user, identity_id=identity_id, session_id=request.auth.session_id
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -149,7 +149,7 @@ class IdentityView(GoTrueView):
 
     @extend_schema(
         request=None,
-        responses={200: OpenApiTypes.OBJECT, **_errors(401, 404, 422)},
+        responses={200: OpenApiTypes.OBJECT, **_errors(401, 403, 404, 422)},
         summary="GoTrue: unlink an identity (never the last one)",
     )
     def delete(self, request: Request, identity_id: str) -> Response:
@@ -157,7 +157,9 @@ class IdentityView(GoTrueView):
             parsed = uuid.UUID(identity_id)
         except ValueError:
             raise GoTrueError(404, "validation_failed", "identity_id must be an UUID") from None
-        identities.identity_unlink(request=request, user=request.user, identity_id=parsed)
+        identities.identity_unlink(
+            request=request, user=request.user, identity_id=parsed, session_id=request.auth.session_id
+        )
         return Response({})
 
 

@@ -13,7 +13,9 @@ from rest_framework.test import APIClient
 from accounts.gotrue.tests import provider_support
 from accounts.gotrue.tests.provider_support import browser_walk, provider_id_token
 from accounts.models import Identity
-from accounts.tests.support import bearer
+from accounts.services import api_key_create
+from accounts.tests.factories import MfaFactorFactory, UserFactory
+from accounts.tests.support import api_login, bearer
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -71,3 +73,20 @@ def test_the_native_id_token_sign_in_and_the_provider_list(provider_settings):
 def test_the_native_authorize_requires_pkce(provider_settings):
     answer = APIClient().post("/api/v1/auth/oauth/authorize", {"provider": "acme", "redirect_to": APP}, format="json")
     assert answer.status_code == 400
+
+
+@pytest.mark.parametrize("credential", ["api_key", "aal1_session"])
+def test_unlinking_needs_a_session_and_aal2_once_the_user_has_a_second_factor(credential):
+    user = UserFactory()
+    identity = Identity.objects.create(user=user, provider="acme", provider_id="sub-1", email=user.email)
+    MfaFactorFactory(user=user)
+    if credential == "api_key":
+        _, raw = api_key_create(user=user, name="ci")
+        client = APIClient()
+        client.credentials(HTTP_X_API_KEY=raw)
+    else:
+        client = bearer(api_login(user.email)["access_token"])
+    response = client.delete(f"/api/v1/auth/identities/{identity.pk}")
+    expected = "forbidden" if credential == "api_key" else "insufficient_aal"
+    assert (response.status_code, response.json()["error"]) == (403, expected)
+    assert Identity.objects.filter(pk=identity.pk).exists()
