@@ -54,7 +54,9 @@ def _authenticate(
         return services.user_authenticate(user=user, password=password, request=request), account
     except InvalidCredentials as exc:
         banned = {"reason": "banned"} if isinstance(exc, services.UserBanned) else {}
-        audit.record(AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **banned, **_surface(surface))
+        audit.record(
+            AuditEvent.Kind.LOGIN_FAILURE, request, identifier=identifier, **banned, **audit.surface_detail(surface)
+        )
         raise
     except Overloaded:
         # Shed before any verify: no guess was spent, so the failure counted
@@ -99,7 +101,11 @@ def password_login(
     tokens = services.session_login(user=user, ip=client_ip(request), user_agent=user_agent(request))
     throttles.login_succeeded(ip=client_ip(request), account=account)
     audit.record(
-        AuditEvent.Kind.LOGIN_SUCCESS, request, user_id=user.pk, session=tokens.session_id, **_surface(surface)
+        AuditEvent.Kind.LOGIN_SUCCESS,
+        request,
+        user_id=user.pk,
+        session=tokens.session_id,
+        **audit.surface_detail(surface),
     )
     return tokens
 
@@ -155,7 +161,7 @@ def _admin_second_factor(*, request: HttpRequest, user: User, account: str, code
 def token_refresh(*, request: HttpRequest, refresh_token: str, surface: str = "native") -> IssuedTokens:
     """Rotate, audit (a replay is audited as reuse). The per-address limit is
     taken by the view before the body is parsed: throttles.refresh_guard."""
-    tag = _surface(surface)
+    tag = audit.surface_detail(surface)
     try:
         tokens = services.session_refresh(refresh_token=refresh_token)
     except RefreshTokenReused as exc:
@@ -163,11 +169,6 @@ def token_refresh(*, request: HttpRequest, refresh_token: str, surface: str = "n
         raise
     audit.record(AuditEvent.Kind.REFRESH, request, user_id=tokens.user.pk, session=tokens.session_id, **tag)
     return tokens
-
-
-def _surface(surface: str) -> dict[str, str]:
-    # Native events carry no tag (as before the GoTrue surface existed).
-    return {} if surface == "native" else {"surface": surface}
 
 
 # --- one-time codes and links (accounts.onetime) --------------------------------------------
@@ -251,7 +252,7 @@ def ott_sign_in(
         user_id=user.pk,
         session=tokens.session_id,
         method=str(token.purpose),
-        **_surface(surface),
+        **audit.surface_detail(surface),
     )
     return token, tokens
 
@@ -281,7 +282,7 @@ def pkce_sign_in(*, request: HttpRequest, auth_code: str, code_verifier: str, su
         user_id=token.user.pk,
         session=tokens.session_id,
         method=f"pkce_{token.purpose}",
-        **_surface(surface),
+        **audit.surface_detail(surface),
     )
     return tokens
 
@@ -430,7 +431,7 @@ def email_change_verify(
         user_id=user.pk,
         session=tokens.session_id,
         method="email_change",
-        **_surface(surface),
+        **audit.surface_detail(surface),
     )
     return token, tokens, True
 
@@ -522,7 +523,7 @@ SERVICE_ROLE = "service_role"
 
 
 def _admin(surface: str) -> dict[str, str]:
-    return {"actor": SERVICE_ROLE, **_surface(surface)}
+    return {"actor": SERVICE_ROLE, **audit.surface_detail(surface)}
 
 
 def admin_user_create(*, request: HttpRequest, surface: str = "gotrue", **fields: Any) -> User:

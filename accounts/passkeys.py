@@ -395,10 +395,6 @@ def _sign_count_advance(*, passkey: Passkey, received: int, backed_up: bool) -> 
 # --- the flows both surfaces call (audit included) ---------------------------------------------
 
 
-def _tag(surface: str) -> dict[str, str]:
-    return {"surface": surface} if surface != "native" else {}
-
-
 def _audit_refusal(request: HttpRequest, exc: PasskeyError, kind: str, user_id: uuid.UUID | None, surface: str) -> None:
     if isinstance(exc, SignCountRegression):
         audit.record(
@@ -408,10 +404,10 @@ def _audit_refusal(request: HttpRequest, exc: PasskeyError, kind: str, user_id: 
             passkey=exc.passkey.pk,
             stored=exc.stored,
             received=exc.received,
-            **_tag(surface),
+            **audit.surface_detail(surface),
         )
         user_id = exc.passkey.user_id
-    audit.record(kind, request, user_id=user_id, method="passkey", reason=exc.code, **_tag(surface))
+    audit.record(kind, request, user_id=user_id, method="passkey", reason=exc.code, **audit.surface_detail(surface))
 
 
 def _user_may_sign_in(user: User) -> None:
@@ -436,7 +432,7 @@ def passkey_sign_in(*, request: HttpRequest, challenge_id: uuid.UUID, credential
             user_id=passkey.user_id,
             method="passkey",
             reason="banned",
-            **_tag(surface),
+            **audit.surface_detail(surface),
         )
         raise
     tokens = services.session_login(
@@ -449,7 +445,7 @@ def passkey_sign_in(*, request: HttpRequest, challenge_id: uuid.UUID, credential
         session=tokens.session_id,
         method="passkey",
         passkey=passkey.pk,
-        **_tag(surface),
+        **audit.surface_detail(surface),
     )
     return tokens
 
@@ -479,7 +475,7 @@ def passkey_second_factor(
         session=session_id,
         method="passkey",
         passkey=passkey.pk,
-        **_tag(surface),
+        **audit.surface_detail(surface),
     )
     return tokens
 
@@ -497,11 +493,19 @@ def passkey_register(
         user=user, session_id=session_id, challenge_id=challenge_id, credential=credential
     )
     audit.record(
-        AuditEvent.Kind.PASSKEY_REGISTERED, request, user_id=user.pk, passkey=registered.passkey.pk, **_tag(surface)
+        AuditEvent.Kind.PASSKEY_REGISTERED,
+        request,
+        user_id=user.pk,
+        passkey=registered.passkey.pk,
+        **audit.surface_detail(surface),
     )
     if registered.recovery_codes:
         audit.record(
-            AuditEvent.Kind.RECOVERY_CODES_GENERATED, request, user_id=user.pk, reason="first_passkey", **_tag(surface)
+            AuditEvent.Kind.RECOVERY_CODES_GENERATED,
+            request,
+            user_id=user.pk,
+            reason="first_passkey",
+            **audit.surface_detail(surface),
         )
     return registered
 
@@ -532,7 +536,9 @@ def passkey_rename(
     passkey.friendly_name = friendly_name
     passkey.updated_at = timezone.now()
     passkey.save(update_fields=["friendly_name", "updated_at"])
-    audit.record(AuditEvent.Kind.PASSKEY_UPDATED, request, user_id=user_id, passkey=passkey.pk, **_tag(surface))
+    audit.record(
+        AuditEvent.Kind.PASSKEY_UPDATED, request, user_id=user_id, passkey=passkey.pk, **audit.surface_detail(surface)
+    )
     return passkey
 
 
@@ -548,7 +554,9 @@ def passkey_delete(
     The user's last second factor gone, their recovery codes go too."""
     mfa.aal_require(user_id=user_id, session_id=session_id)
     _passkey_remove(passkey=_own(user_id=user_id, passkey_id=passkey_id))
-    audit.record(AuditEvent.Kind.PASSKEY_DELETED, request, user_id=user_id, passkey=passkey_id, **_tag(surface))
+    audit.record(
+        AuditEvent.Kind.PASSKEY_DELETED, request, user_id=user_id, passkey=passkey_id, **audit.surface_detail(surface)
+    )
 
 
 def passkey_admin_delete(*, request: HttpRequest, user_id: uuid.UUID, passkey_id: uuid.UUID | str) -> None:

@@ -50,15 +50,17 @@ class SecondFactorRequired(ApiError):
     detail = "Recovery codes back up a second factor: add an authenticator app or a passkey first"
 
 
-def _tag(surface: str) -> dict[str, str]:
-    return {} if surface == "native" else {"surface": surface}
-
-
 def recovery_code_used_notify(
     *, request: HttpRequest, user: User, remaining: int, now: datetime, surface: str = "native"
 ) -> None:
     """Audit a spent code and tell the user by email (queued in the caller's transaction)."""
-    audit.record(AuditEvent.Kind.RECOVERY_CODE_USED, request, user_id=user.pk, remaining=remaining, **_tag(surface))
+    audit.record(
+        AuditEvent.Kind.RECOVERY_CODE_USED,
+        request,
+        user_id=user.pk,
+        remaining=remaining,
+        **audit.surface_detail(surface),
+    )
     email_requested.send(
         sender=RecoveryCode,
         kind=EMAIL_KIND,
@@ -87,7 +89,13 @@ def recovery_code_verify(
             remaining = recovery.recovery_codes_remaining(user_id=user.pk)
             recovery_code_used_notify(request=request, user=user, remaining=remaining, now=now, surface=surface)
     if not spent:
-        audit.record(AuditEvent.Kind.MFA_VERIFY_FAILURE, request, user_id=user.pk, method="recovery", **_tag(surface))
+        audit.record(
+            AuditEvent.Kind.MFA_VERIFY_FAILURE,
+            request,
+            user_id=user.pk,
+            method="recovery",
+            **audit.surface_detail(surface),
+        )
         raise RecoveryCodeInvalid()
     return tokens
 
@@ -105,5 +113,5 @@ def recovery_codes_regenerate(
     if not mfa.user_has_second_factor(user_id=user.pk):
         raise SecondFactorRequired()
     codes = recovery.recovery_codes_generate(user_id=user.pk)
-    audit.record(AuditEvent.Kind.RECOVERY_CODES_GENERATED, request, user_id=user.pk, **_tag(surface))
+    audit.record(AuditEvent.Kind.RECOVERY_CODES_GENERATED, request, user_id=user.pk, **audit.surface_detail(surface))
     return codes, recovery.recovery_codes_summary(user_id=user.pk)

@@ -43,6 +43,12 @@ writer: BufferedWriter[AuditEvent] = BufferedWriter(
 )
 
 
+def surface_detail(surface: str) -> dict[str, str]:
+    """The detail naming the API surface an event came from: native events carry
+    no tag (as before the GoTrue surface existed), others {"surface": name}."""
+    return {} if surface == "native" else {"surface": surface}
+
+
 def record(
     kind: str,
     request: HttpRequest,

@@ -38,6 +38,7 @@ from accounts.onetime import (
     UserNotFoundByEmail,
 )
 from accounts.passkeys import PasskeyError
+from accounts.recovery_flows import RecoveryCodeInvalid, SecondFactorRequired
 from accounts.services import RefreshTokenRejected, SamePassword, UserBanned
 from accounts.totp import MfaError, UnenrollNeedsAal2
 from velro.errors import (
@@ -176,6 +177,10 @@ _ONE_TIME_ERRORS = (
     FlowStateExpired,
     BadCodeVerifier,
     *IDENTITY_ERRORS,  # sign in with a provider: GoTrue's codes (accounts.identities)
+    # Recovery codes (beyond GoTrue): mfa_verification_failed as GoTrue's factor verify,
+    # second_factor_required (accounts.recovery_flows).
+    RecoveryCodeInvalid,
+    SecondFactorRequired,
 )
 
 # Fallback code by status, for exceptions without a GoTrue equivalent.

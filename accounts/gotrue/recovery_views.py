@@ -1,6 +1,7 @@
 """Recovery codes on the GoTrue surface (/auth/v1/mfa/recovery-codes...): an
 extension (GoTrue has none), in GoTrue's shapes and error bodies, over the same
-flows as the native API (accounts.recovery_flows).
+flows as the native API (accounts.recovery_flows); errors through the surface's one
+mapper (accounts.gotrue.errors).
 
 - GET  /mfa/recovery-codes          -> {remaining, created_at}
 - POST /mfa/recovery-codes          -> {codes, remaining, created_at} (aal2; shown once)
@@ -10,42 +11,20 @@ flows as the native API (accounts.recovery_flows).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import extend_schema
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from accounts import mfa, recovery_flows
-from accounts.gotrue.errors import GoTrueError, gotrue_exception_handler
+from accounts import recovery_flows
 from accounts.gotrue.serializers import GoTrueSessionOutput, session_body
 from accounts.gotrue.views import SURFACE, GoTrueView, _errors, _valid
 from accounts.recovery_views import RecoveryCodeInput, RecoveryCodesNewOutput, RecoveryCodesOutput
 from velro.rendering import render
 
 
-def _gotrue_mfa_error(exc: Exception) -> Exception:
-    """The MFA errors in GoTrue's words (its codes, which its clients know)."""
-    if isinstance(exc, mfa.InsufficientAal):
-        return GoTrueError(403, "insufficient_aal", exc.detail)
-    if isinstance(exc, mfa.SessionNotFound):
-        return GoTrueError(403, "session_not_found", "Session from session_id claim in JWT does not exist")
-    if isinstance(exc, (recovery_flows.RecoveryCodeInvalid, recovery_flows.SecondFactorRequired)):
-        return GoTrueError(exc.status, exc.code, exc.detail)
-    return exc
-
-
-def _handler(exc: Exception, context: dict) -> Response | None:
-    return gotrue_exception_handler(_gotrue_mfa_error(exc), context)
-
-
-class RecoveryGoTrueView(GoTrueView):
-    def get_exception_handler(self) -> Callable[[Exception, dict], Response | None]:
-        return _handler
-
-
-class RecoveryCodesView(RecoveryGoTrueView):
+class RecoveryCodesView(GoTrueView):
     @extend_schema(responses={200: RecoveryCodesOutput, **_errors(401, 403, 503)}, summary="Velro: recovery codes left")
     def get(self, request: Request) -> Response:
         return Response(render(RecoveryCodesOutput, recovery_flows.recovery_codes_status(user_id=request.user.pk)))
@@ -63,7 +42,7 @@ class RecoveryCodesView(RecoveryGoTrueView):
         return Response(render(RecoveryCodesNewOutput, body))
 
 
-class RecoveryCodeVerifyView(RecoveryGoTrueView):
+class RecoveryCodeVerifyView(GoTrueView):
     @extend_schema(
         request=RecoveryCodeInput,
         responses={200: GoTrueSessionOutput, **_errors(400, 401, 403, 415, 422, 429, 503)},
