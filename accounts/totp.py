@@ -352,6 +352,16 @@ def factor_verify(
     return verification
 
 
+def _step_claim(*, factor: MfaFactor, step: int, changes: dict) -> bool:
+    """Advance the factor's last accepted step to `step` (with `changes`) unless it is
+    there already: one conditional UPDATE, so a code is accepted once, whoever races."""
+    return bool(
+        MfaFactor.objects.filter(pk=factor.pk)
+        .filter(Q(last_step__isnull=True) | Q(last_step__lt=step))
+        .update(**changes)
+    )
+
+
 def _claim_and_elevate(
     *,
     user: User,
@@ -366,12 +376,7 @@ def _claim_and_elevate(
         changes = {"last_step": step, "updated_at": now}
         if reencrypted is not None:
             changes["secret_encrypted"] = reencrypted  # written under the first MFA_ENCRYPTION_KEYS key
-        claimed = (
-            MfaFactor.objects.filter(pk=factor.pk)
-            .filter(Q(last_step__isnull=True) | Q(last_step__lt=step))
-            .update(**changes)
-        )
-        if not claimed:
+        if not _step_claim(factor=factor, step=step, changes=changes):
             raise _Refused(VerificationFailed(), "replay")
         used = MfaChallenge.objects.filter(pk=challenge.pk, verified_at__isnull=True).update(verified_at=now)
         if not used:
@@ -404,12 +409,7 @@ def factor_code_check(*, user: User, code: str, now: datetime | None = None) -> 
         step = code_step(secret=secret, code=code, now=now)
         if step is None:
             continue
-        claimed = (
-            MfaFactor.objects.filter(pk=factor.pk)
-            .filter(Q(last_step__isnull=True) | Q(last_step__lt=step))
-            .update(last_step=step, updated_at=now)
-        )
-        return bool(claimed)
+        return _step_claim(factor=factor, step=step, changes={"last_step": step, "updated_at": now})
     return False
 
 
