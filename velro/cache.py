@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from django.conf import settings
@@ -144,23 +144,30 @@ class SafeCache:
         counts = self.incr_many([(key, amount, timeout)])
         return None if counts is None else counts[0]
 
-    def incr_many(self, counters: list[tuple[str, int, int]]) -> list[int] | None:
-        """Add to several counters, each (key, amount, timeout), in one round
-        trip on Redis (a pipeline of SET NX EX + INCRBY per key); their new
-        values in order, or None when the cache is unavailable."""
+    def incr_many(
+        self, counters: list[tuple[str, int, int]], *, read: Sequence[str] = ()
+    ) -> list[int] | None:
+        """Add to several counters, each (key, amount, timeout), and read the
+        counters named in `read`, in one round trip on Redis (a pipeline of
+        SET NX EX + INCRBY per key, then a GET each): the new values in order,
+        then the values read (0 when absent); None when the cache is unavailable."""
 
         def run() -> list[int]:
             backend = self.backend
             client = getattr(getattr(backend, "client", None), "get_client", None)
             if client is None:  # not django-redis (local memory: no round trips to save)
-                return [_add_then_incr(backend, key, amount, timeout) for key, amount, timeout in counters]
+                counts = [_add_then_incr(backend, key, amount, timeout) for key, amount, timeout in counters]
+                return counts + [int(backend.get(key) or 0) for key in read]
             pipe = client(write=True).pipeline(transaction=False)
             for key, amount, timeout in counters:
                 raw = backend.make_key(key)
                 pipe.set(raw, 0, ex=timeout, nx=True)  # the counter starts its window here
                 pipe.incrby(raw, amount)
+            for key in read:
+                pipe.get(backend.make_key(key))
             replies = pipe.execute()
-            return [int(value) for value in replies[1::2]]
+            written = 2 * len(counters)
+            return [int(value) for value in replies[1:written:2]] + [int(value or 0) for value in replies[written:]]
 
         return self._call("incr", run, None)
 

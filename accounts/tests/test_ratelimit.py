@@ -2,8 +2,8 @@
 
 Limits are lowered per test with the `settings` fixture. The shared
 limiter's clock runs from the start of a window (real seconds, shifted), so
-no test straddles a fixed-window boundary; the window itself is tested with
-its own RateLimiter and an injected clock.
+no test's count is weighed with a previous window's; the sliding window itself
+is tested with its own RateLimiter and an injected clock.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def assert_rate_limited(response, window: int) -> None:
     assert set(body) == {"error", "detail"}
     retry_after = response["Retry-After"]
     assert retry_after.isdigit(), retry_after
-    assert 1 <= int(retry_after) <= window
+    assert 1 <= int(retry_after) <= 2 * window  # the sliding count: up to the end of the next window
 
 
 @pytest.fixture
@@ -144,9 +144,9 @@ def test_a_successful_login_costs_three_counter_round_trips(api, user, settings,
     trips: list[list[str]] = []
     original = SafeCache.incr_many
 
-    def counted(self, counters):
+    def counted(self, counters, **options):
         trips.append([key.split(":")[1] for key, _, _ in counters])
-        return original(self, counters)
+        return original(self, counters, **options)
 
     monkeypatch.setattr(SafeCache, "incr_many", counted)
     assert login(api, user.email).status_code == 200
@@ -369,7 +369,7 @@ def test_client_ip(settings, hops, remote, forwarded, expected):
     assert client_ip(_request(remote, forwarded)) == expected
 
 
-# --- the fixed window -------------------------------------------------------------------------------------
+# --- the sliding window -----------------------------------------------------------------------------------
 
 
 class FakeClock:
@@ -380,24 +380,70 @@ class FakeClock:
         return self.now
 
 
-def test_the_count_starts_again_when_the_window_ends():
-    clock = FakeClock(1_000_000_220.0)  # 20 s into the 60 s window [...200, ...260)
+WINDOW = 1_000_000_200.0  # a multiple of 60: the 60 s window [...200, ...260)
+
+
+def test_a_burst_across_a_window_boundary_gets_no_more_than_the_limit():
+    """Fixed windows would allow 2 at the end of one window and 2 more at the
+    start of the next: 4 within a second for a limit of 2 a minute."""
+    clock = FakeClock(WINDOW + 59.5)
     own = RateLimiter(cache=SafeCache(), clock=clock)
     rate = Rate(2, 60)
-    own.hit("test-window", "client-a", rate)
-    own.hit("test-window", "client-a", rate)
-    with pytest.raises(RateLimited) as info:
-        own.hit("test-window", "client-a", rate)
-    assert info.value.headers["Retry-After"] == "40"
-    clock.now = 1_000_000_259.5
-    with pytest.raises(RateLimited) as info:
-        own.hit("test-window", "client-a", rate)
-    assert info.value.headers["Retry-After"] == "1"
-    clock.now = 1_000_000_260.0  # the next window
-    own.hit("test-window", "client-a", rate)
-    own.hit("test-window", "client-a", rate)
+    own.hit("test-boundary", "client-a", rate)
+    own.hit("test-boundary", "client-a", rate)
+    clock.now = WINDOW + 60.5  # the next window
     with pytest.raises(RateLimited):
-        own.hit("test-window", "client-a", rate)
+        own.hit("test-boundary", "client-a", rate)
+    own.hit("test-boundary", "client-b", rate)  # per identifier
+
+
+def test_a_client_that_waits_as_retry_after_says_gets_through_and_no_sooner():
+    rate = Rate(2, 60)
+
+    def refused_then_retry_after(own: RateLimiter, client: str) -> int:
+        own.hit("test-retry", client, rate)
+        own.hit("test-retry", client, rate)
+        with pytest.raises(RateLimited) as info:
+            own.hit("test-retry", client, rate)
+        return int(info.value.headers["Retry-After"])
+
+    clock = FakeClock(WINDOW + 20)
+    own = RateLimiter(cache=SafeCache(), clock=clock)
+    wait = refused_then_retry_after(own, "patient")
+    assert wait == 80  # the 3 counted slide out until 1 more fits: 40 s left here, 40 s of the next
+    clock.now += wait
+    own.hit("test-retry", "patient", rate)
+
+    clock.now = WINDOW + 20  # the same again, retrying a second early
+    assert refused_then_retry_after(own, "eager") == wait
+    clock.now += wait - 1
+    with pytest.raises(RateLimited):
+        own.hit("test-retry", "eager", rate)
+
+
+def test_a_client_that_keeps_retrying_while_refused_stays_refused():
+    clock = FakeClock(WINDOW)
+    own = RateLimiter(cache=SafeCache(), clock=clock)
+    rate = Rate(2, 60)
+    refused = 0
+    for _ in range(60):  # one try every 5 s for 5 minutes
+        try:
+            own.hit("test-hammer", "client", rate)
+        except RateLimited:
+            refused += 1
+        clock.now += 5
+    assert refused == 58
+
+
+def test_the_previous_window_stops_counting_once_it_has_slid_out():
+    clock = FakeClock(WINDOW + 30)
+    own = RateLimiter(cache=SafeCache(), clock=clock)
+    rate = Rate(2, 60)
+    own.hit("test-slide", "client", rate)
+    own.hit("test-slide", "client", rate)
+    clock.now = WINDOW + 120  # two windows on: nothing of the earlier count is weighed
+    own.hit("test-slide", "client", rate)
+    own.hit("test-slide", "client", rate)
 
 
 def test_limits_survive_a_redis_outage_with_per_process_counters():
@@ -406,10 +452,12 @@ def test_limits_survive_a_redis_outage_with_per_process_counters():
         {"OPTIONS": {"SOCKET_CONNECT_TIMEOUT": 0.1, "SOCKET_TIMEOUT": 0.1}},
     )
     cache = SafeCache(dead_redis, cooldown=5.0)
-    own = RateLimiter(cache=cache, clock=FakeClock(1_000_000_000.0))
+    clock = FakeClock(WINDOW + 59.5)
+    own = RateLimiter(cache=cache, clock=clock)
     rate = Rate(2, 60)
     own.hit("test-outage", "client", rate)
     own.hit("test-outage", "client", rate)
+    clock.now = WINDOW + 60.5  # the fallback slides too: the previous window still counts
     with pytest.raises(RateLimited):
         own.hit("test-outage", "client", rate)
     assert cache.stats["errors"] >= 1  # the counts really came from the fallback

@@ -197,14 +197,14 @@ def test_the_outage_is_logged_once_even_across_cooldowns(redis_down, settings, c
 
 def test_login_rate_limit_still_applies_with_redis_down(redis_down, settings, monkeypatch):
     settings.RATELIMIT_LOGIN_IP = (3, 60)
-    monkeypatch.setattr(limiter, "clock", lambda: 1_000_000_010.0)  # mid-window: no boundary during the test
+    monkeypatch.setattr(limiter, "clock", lambda: 1_000_000_010.0)  # 50 s into a 60 s window, the one before empty
     user = UserFactory()
     statuses = [login(user.email, DEFAULT_PASSWORD).status_code for _ in range(3)]
     assert statuses == [200, 200, 200]
     response = login(user.email, DEFAULT_PASSWORD)
     assert response.status_code == 429, response.content
     assert response.json()["error"] == "rate_limited"
-    assert response["Retry-After"] == "10"
+    assert response["Retry-After"] == "40"  # 10 s to the window's end, then 30 s until 2 of its 4 slide out
     assert safe_cache.stats["errors"] >= 1  # the counts came from the per-process fallback
 
 
