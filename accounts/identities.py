@@ -20,7 +20,6 @@ one deviation, see identity_resolve):
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from accounts.events import user_signed_up
 from accounts.external import ExternalError, Provider, ProviderUser
 from accounts.models import NO_EMAIL_DOMAIN, ExternalFlowState, Identity, User
 from accounts.services import IssuedTokens
+from accounts.tokens import secret_digest
 from monitoring import audit
 from monitoring.models import AuditEvent
 from velro.errors import ApiError
@@ -104,10 +104,6 @@ IDENTITY_ERRORS = (
     UnverifiedEmailTaken,
     AccountUnavailable,
 )
-
-
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
 
 
 # --- what a user has ----------------------------------------------------------------------
@@ -188,7 +184,7 @@ def flow_start(
         provider=provider, state=state, nonce=nonce, code_verifier=verifier, scopes=tuple(scopes.split())
     )
     ExternalFlowState.objects.create(
-        state_hash=_sha256(state),
+        state_hash=secret_digest(state),
         provider=provider.name,
         surface=surface,
         nonce=nonce,
@@ -205,7 +201,7 @@ def flow_find(*, state: str) -> ExternalFlowState | None:
     """The flow a callback's state names (not claimed yet): for where to send errors."""
     if not state:
         return None
-    return ExternalFlowState.objects.filter(state_hash=_sha256(state)).first()
+    return ExternalFlowState.objects.filter(state_hash=secret_digest(state)).first()
 
 
 def _flow_claim(flow: ExternalFlowState | None) -> ExternalFlowState:
@@ -249,7 +245,7 @@ def callback_complete(*, request: HttpRequest, flow: ExternalFlowState | None, c
     if flow.code_challenge or flow.surface == "native":
         auth_code = str(uuid.uuid4()) + secrets.token_hex(8)
         ExternalFlowState.objects.filter(pk=flow.pk).update(
-            user=user, auth_code_hash=_sha256(auth_code), auth_code_issued_at=timezone.now()
+            user=user, auth_code_hash=secret_digest(auth_code), auth_code_issued_at=timezone.now()
         )
         return CallbackResult(flow=flow, user=user, provider_user=provider_user, auth_code=auth_code)
     tokens = _session(request=request, user=user, provider=provider.name, surface=flow.surface)
@@ -277,7 +273,7 @@ def pkce_exchange(*, request: HttpRequest, auth_code: str, code_verifier: str, s
     now = timezone.now()
     flow = (
         ExternalFlowState.objects.select_related("user")
-        .filter(auth_code_hash=_sha256(auth_code), auth_code_used_at__isnull=True)
+        .filter(auth_code_hash=secret_digest(auth_code), auth_code_used_at__isnull=True)
         .first()
     )
     if flow is None or flow.user is None or flow.auth_code_issued_at is None:

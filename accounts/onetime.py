@@ -45,7 +45,7 @@ from django.utils import timezone
 
 from accounts.models import OneTimeToken, User
 from accounts.models import OneTimeTokenPurpose as Purpose
-from accounts.tokens import derived_key
+from accounts.tokens import derived_key, secret_digest
 from velro.cache import safe_cache
 from velro.errors import ApiError
 from velro.signals import email_requested
@@ -181,10 +181,6 @@ def _code_hash(token_id: uuid.UUID, code: str) -> str:
     return hmac.new(derived_key("ott-code-hash"), f"{token_id}:{code}".encode(), hashlib.sha256).hexdigest()
 
 
-def _sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
 def ott_link(*, token_id: uuid.UUID, purpose: str, redirect_to: str = "", pkce: bool = False) -> str:
     """The link in the email: GoTrue's GET /verify, which redirects on."""
     raw = _link_token(token_id)
@@ -226,7 +222,7 @@ def send_interval_check(*, address: str, group: str, now: float | None = None) -
     if interval <= 0:
         return
     now = time.time() if now is None else now
-    key = f"ott-sent:{group}:{_sha256(address.strip().lower())[:32]}"
+    key = f"ott-sent:{group}:{secret_digest(address.strip().lower())[:32]}"
     # SET NX EX + INCRBY: the first request of an interval counts 1 and starts it.
     count = safe_cache.incr(key, 1, interval)
     if count is None:
@@ -272,7 +268,7 @@ def ott_issue(
         purpose=purpose,
         sent_to=address,
         code_hash=_code_hash(token_id, code),
-        token_hash=_sha256(_link_token(token_id)),
+        token_hash=secret_digest(_link_token(token_id)),
         redirect_to=redirect_to or "",
         code_challenge=code_challenge or "",
         code_challenge_method=(code_challenge_method or "").lower() if code_challenge else "",
@@ -333,7 +329,7 @@ def ott_find(
     purposes = list(purposes)
     if token_hash:
         raw = token_hash.removeprefix(PKCE_PREFIX)
-        token = _live(purposes, now).select_related("user").filter(token_hash=_sha256(raw)).first()
+        token = _live(purposes, now).select_related("user").filter(token_hash=secret_digest(raw)).first()
         if token is None:
             raise OneTimeTokenInvalid()
         return token
@@ -415,7 +411,7 @@ def pkce_auth_code_issue(*, token: OneTimeToken, now: datetime | None = None) ->
     """After a redirecting verify of a PKCE token: the auth code for /token?grant_type=pkce."""
     now = now or timezone.now()
     auth_code = str(uuid.uuid4()) + secrets.token_hex(8)  # GoTrue's is a UUID; 64 more bits here
-    OneTimeToken.objects.filter(pk=token.pk).update(auth_code_hash=_sha256(auth_code), auth_code_issued_at=now)
+    OneTimeToken.objects.filter(pk=token.pk).update(auth_code_hash=secret_digest(auth_code), auth_code_issued_at=now)
     return auth_code
 
 
@@ -438,7 +434,7 @@ def pkce_exchange(*, auth_code: str, code_verifier: str, now: datetime | None = 
     now = now or timezone.now()
     token = (
         OneTimeToken.objects.select_related("user")
-        .filter(auth_code_hash=_sha256(auth_code), auth_code_used_at__isnull=True)
+        .filter(auth_code_hash=secret_digest(auth_code), auth_code_used_at__isnull=True)
         .first()
     )
     if token is None or token.auth_code_issued_at is None:

@@ -245,5 +245,12 @@ def refresh_token_successor(parent: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
+def secret_digest(value: str) -> str:
+    """How a random secret (a refresh token, a one-time link token, a flow
+    state) is stored: its SHA-256, hex. Enough for values of 128+ random bits:
+    nothing to guess, so no salt or stretching."""
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
 def refresh_token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    return secret_digest(token)

@@ -144,9 +144,7 @@ class SafeCache:
         counts = self.incr_many([(key, amount, timeout)])
         return None if counts is None else counts[0]
 
-    def incr_many(
-        self, counters: list[tuple[str, int, int]], *, read: Sequence[str] = ()
-    ) -> list[int] | None:
+    def incr_many(self, counters: list[tuple[str, int, int]], *, read: Sequence[str] = ()) -> list[int] | None:
         """Add to several counters, each (key, amount, timeout), and read the
         counters named in `read`, in one round trip on Redis (a pipeline of
         SET NX EX + INCRBY per key, then a GET each): the new values in order,
