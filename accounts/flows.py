@@ -474,7 +474,43 @@ GENERATE_LINK_PURPOSES = {
     "invite": Purpose.INVITE,
     "magiclink": Purpose.MAGICLINK,
     "recovery": Purpose.RECOVERY,
+    "email_change_current": Purpose.EMAIL_CHANGE_CURRENT,
+    "email_change_new": Purpose.EMAIL_CHANGE_NEW,
 }
+
+
+def email_change_half(*, user: User, new_email: str, purpose: str, redirect_to: str = "") -> onetime.OneTimeIssue:
+    """One half of an email change, returned and not emailed (generate_link's
+    email_change_current / email_change_new). The address changes once both
+    halves of a pair (two tokens created together) are used, so a half is paired
+    with the other half of a pending change to the same new address: an operator
+    generates each half in turn, as with GoTrue. Without one, a new pair is made,
+    replacing any other pending change; its other half is known to nobody until
+    it is generated. EmailExists if the new address has an account."""
+    if selectors.user_for_login(email=new_email) is not None:
+        raise onetime.EmailExists()
+    address = {Purpose.EMAIL_CHANGE_NEW: new_email.strip().lower(), Purpose.EMAIL_CHANGE_CURRENT: user.email}
+    now = timezone.now()
+    with transaction.atomic():
+        User.objects.select_for_update().filter(pk=user.pk).first()  # one pairing at a time per user
+        pending = (
+            OneTimeToken.objects.filter(
+                user=user,
+                purpose=Purpose.EMAIL_CHANGE_NEW,
+                sent_to=address[Purpose.EMAIL_CHANGE_NEW],
+                expires_at__gt=now,
+            )
+            .order_by("-created_at")
+            .first()
+        )
+        paired_at = pending.created_at if pending is not None else now
+        if pending is None:
+            for other in EMAIL_CHANGE_PURPOSES:
+                if other != purpose:
+                    onetime.ott_issue(user=user, purpose=other, sent_to=address[other], email=False, now=paired_at)
+        return onetime.ott_issue(
+            user=user, purpose=purpose, sent_to=address[purpose], redirect_to=redirect_to, email=False, now=paired_at
+        )
 
 
 def link_generate(
@@ -485,23 +521,26 @@ def link_generate(
     password: str = "",
     user_metadata: dict | None = None,
     redirect_to: str = "",
+    new_email: str = "",
 ) -> GeneratedLink:
     """/admin/generate_link: the link and code, returned and not emailed (GoTrue's
     adminGenerateLink). An unknown address: signup/invite make the account, magiclink
-    signs it up, recovery is 404 user_not_found."""
+    signs it up, recovery and the email change halves are 404 user_not_found."""
+    purpose = GENERATE_LINK_PURPOSES[kind]
     user = selectors.user_for_login(email=email)
     if user is None:
-        if kind == "recovery":
+        if kind == "recovery" or purpose in EMAIL_CHANGE_PURPOSES:
             raise onetime.UserNotFoundByEmail()
         if kind == "magiclink":
-            kind = "signup"
+            kind, purpose = "signup", Purpose.SIGNUP
     if kind in ("signup", "invite"):
         user = _invitee(email=email, user_metadata=user_metadata)
         if kind == "signup" and password:
             services.user_set_initial_password(user=user, password=password)
-    token = onetime.ott_issue(
-        user=user, purpose=GENERATE_LINK_PURPOSES[kind], sent_to=user.email, redirect_to=redirect_to, email=False
-    )
+    if purpose in EMAIL_CHANGE_PURPOSES:
+        token = email_change_half(user=user, new_email=new_email, purpose=purpose, redirect_to=redirect_to)
+    else:
+        token = onetime.ott_issue(user=user, purpose=purpose, sent_to=user.email, redirect_to=redirect_to, email=False)
     link = onetime.ott_link(token_id=token.token.pk, purpose=token.token.purpose, redirect_to=redirect_to)
     audit.record(AuditEvent.Kind.ADMIN_LINK_GENERATED, request, user_id=user.pk, type=kind, **_admin("gotrue"))
     return GeneratedLink(

@@ -352,14 +352,14 @@ class InviteView(AdminGoTrueView):
 
 
 class GenerateLinkView(AdminGoTrueView):
-    """POST /admin/generate_link {type, email, password?, data?, redirect_to?} (service role):
-    the link and code, not emailed."""
+    """POST /admin/generate_link {type, email, password?, data?, new_email?, redirect_to?}
+    (service role): the link and code, not emailed."""
 
     @extend_schema(
         request=GenerateLinkInput,
         parameters=[OpenApiParameter("redirect_to", str)],
         responses={200: GenerateLinkOutput, **_errors(400, 401, 403, 404, 415, 422, 503)},
-        summary="GoTrue admin: generate an email action link (signup, invite, magiclink, recovery)",
+        summary="GoTrue admin: generate an email action link (signup, invite, magiclink, recovery, email change)",
     )
     def post(self, request: Request) -> Response:
         data = _valid(GenerateLinkInput, request)
@@ -367,6 +367,7 @@ class GenerateLinkView(AdminGoTrueView):
         if kind not in flows.GENERATE_LINK_PURPOSES:
             raise validation_failed(f"Invalid email action link type requested: {kind}")
         email = _email(data.get("email") or "")
+        new_email = _email(data.get("new_email") or "") if kind.startswith("email_change") else ""
         requested = data.get("redirect_to") or ""
         redirect = requested if redirect_allowed(requested) else _redirect_to(request)
         try:
@@ -377,6 +378,7 @@ class GenerateLinkView(AdminGoTrueView):
                 password=data.get("password") or "",
                 user_metadata=data.get("data") or {},
                 redirect_to=redirect,
+                new_email=new_email,
             )
         except ValidationError as exc:
             raise weak_password_from(exc) from None

@@ -286,6 +286,60 @@ def test_generate_link_returns_a_recovery_link_and_code_without_sending_an_email
     assert sorted(event.detail["type"] for event in generated_kinds) == ["recovery", "signup"]
 
 
+def test_generate_link_makes_each_half_of_an_email_change_and_both_halves_change_the_address(admin, client):
+    user = UserFactory(email="mover@example.com")
+    UserFactory(email="occupied@example.com")
+    change = {"email": "mover@example.com", "new_email": "Moved@example.com"}
+    current = admin.generate_link({"type": "email_change_current", **change})
+    new = admin.generate_link({"type": "email_change_new", **change})  # paired with the half generated first
+    assert current.properties.verification_type == "email_change_current"
+    assert new.properties.verification_type == "email_change_new"
+    assert f"token={new.properties.hashed_token}&type=email_change" in new.properties.action_link
+
+    first = client.verify_otp(
+        {"email": "mover@example.com", "token": current.properties.email_otp, "type": "email_change"}
+    )
+    assert first.session is None  # one of two
+    assert User.objects.get(pk=user.pk).email == "mover@example.com"
+    second = client.verify_otp({"token_hash": new.properties.hashed_token, "type": "email_change"})
+    assert second.session is not None and second.user.email == "moved@example.com"
+    assert not EmailNotification.objects.filter(event_key__startswith="ott:").exists()
+
+    refused = {}
+    for name, params in {
+        "unknown user": {"type": "email_change_new", "email": "nobody@example.com", "new_email": "x@example.com"},
+        "taken": {"type": "email_change_new", "email": "moved@example.com", "new_email": "occupied@example.com"},
+        "no new address": {"type": "email_change_current", "email": "moved@example.com"},
+    }.items():
+        with pytest.raises(AuthApiError) as error:
+            admin.generate_link(params)
+        refused[name] = (error.value.status, error.value.code)
+    assert refused == {
+        "unknown user": (404, "user_not_found"),
+        "taken": (422, "email_exists"),
+        "no new address": (400, "validation_failed"),
+    }
+
+
+def test_a_new_email_change_half_for_another_address_replaces_the_pending_pair(admin, client):
+    UserFactory(email="fickle@example.com")
+    first_new = admin.generate_link(
+        {"type": "email_change_new", "email": "fickle@example.com", "new_email": "a@example.com"}
+    )
+    current = admin.generate_link(
+        {"type": "email_change_current", "email": "fickle@example.com", "new_email": "b@example.com"}
+    )
+    with pytest.raises(AuthApiError) as replaced:
+        client.verify_otp({"token_hash": first_new.properties.hashed_token, "type": "email_change"})
+    assert replaced.value.code == "otp_expired"
+    client.verify_otp({"token_hash": current.properties.hashed_token, "type": "email_change"})
+    second_new = admin.generate_link(
+        {"type": "email_change_new", "email": "fickle@example.com", "new_email": "b@example.com"}
+    )
+    done = client.verify_otp({"token_hash": second_new.properties.hashed_token, "type": "email_change"})
+    assert done.user.email == "b@example.com"
+
+
 def test_the_anon_key_cannot_generate_links(make_client, settings):
     settings.SUPABASE_SERVICE_ROLE_KEY = SERVICE_KEY
     with pytest.raises(AuthApiError) as refused:
