@@ -429,6 +429,28 @@ def factor_admin_delete(*, user_id: uuid.UUID, factor_id: uuid.UUID | str) -> Mf
     return _factor_remove(user_id=user_id, factor=_factor_get(user_id=user_id, factor_id=factor_id))
 
 
+def factor_admin_rename(
+    *, user_id: uuid.UUID, factor_id: uuid.UUID | str, friendly_name: str, now: datetime | None = None
+) -> MfaFactor:
+    """The service role renames a factor (GoTrue's admin factor update); a blank
+    name changes nothing, as GoTrue. Names stay unique per user."""
+    factor = _factor_get(user_id=user_id, factor_id=factor_id)
+    friendly_name = friendly_name.strip()
+    if not friendly_name or friendly_name == factor.friendly_name:
+        return factor
+    factor.friendly_name = friendly_name
+    factor.updated_at = now or timezone.now()
+    try:
+        with transaction.atomic():
+            if MfaFactor.objects.filter(user_id=user_id, friendly_name=friendly_name).exclude(pk=factor.pk).exists():
+                raise FactorNameConflict(friendly_name)
+            factor.save(update_fields=["friendly_name", "updated_at"])
+    except IntegrityError:  # a rename or enrollment that committed in between
+        raise FactorNameConflict(friendly_name) from None
+    selectors.user_cache_invalidate(user_id=user_id)  # the user object lists its factors
+    return factor
+
+
 def _factor_remove(*, user_id: uuid.UUID, factor: MfaFactor) -> MfaFactor:
     with transaction.atomic():
         MfaFactor.objects.filter(pk=factor.pk).delete()

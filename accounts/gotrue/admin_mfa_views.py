@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 
 from drf_spectacular.utils import extend_schema
+from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -22,8 +23,9 @@ from accounts.flows import SERVICE_ROLE
 from accounts.gotrue.admin_views import _user_id
 from accounts.gotrue.errors import GoTrueError
 from accounts.gotrue.serializers import GoTrueFactorOutput
-from accounts.gotrue.views import AdminGoTrueView
+from accounts.gotrue.views import AdminGoTrueView, _valid
 from accounts.passkey_serializers import passkey_body
+from accounts.serializers import StrictCharField
 from monitoring import audit
 from monitoring.models import AuditEvent
 from velro.rendering import render
@@ -45,8 +47,33 @@ class AdminUserFactorsView(AdminGoTrueView):
         return Response([render(GoTrueFactorOutput, factor) for factor in factors])
 
 
+class AdminFactorUpdateInput(serializers.Serializer):
+    friendly_name = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=64)
+    phone = StrictCharField(required=False, allow_blank=True, allow_null=True, max_length=64)
+
+
 class AdminUserFactorView(AdminGoTrueView):
-    """DELETE /admin/users/{user_id}/factors/{factor_id}: the factor, as it was."""
+    """PUT /admin/users/{user_id}/factors/{factor_id} {friendly_name}: the factor renamed
+    (`phone` applies to phone factors only, which are not enabled: ignored, as GoTrue
+    ignores it for a TOTP factor). DELETE: the factor, as it was."""
+
+    @extend_schema(exclude=True)
+    def put(self, request: Request, user_id: str, factor_id: str) -> Response:
+        target = _user(user_id)
+        data = _valid(AdminFactorUpdateInput, request)
+        factor = totp.factor_admin_rename(
+            user_id=target, factor_id=factor_id, friendly_name=data.get("friendly_name") or ""
+        )  # 404 mfa_factor_not_found, 422 mfa_factor_name_conflict
+        audit.record(
+            AuditEvent.Kind.ADMIN_USER_UPDATED,
+            request,
+            user_id=target,
+            factor=str(factor.pk),
+            fields="factor.friendly_name",
+            actor=SERVICE_ROLE,
+            surface="gotrue",
+        )
+        return Response(render(GoTrueFactorOutput, factor))
 
     @extend_schema(exclude=True)
     def delete(self, request: Request, user_id: str, factor_id: str) -> Response:

@@ -32,9 +32,9 @@ def server(make_client):
     return make_client(apikey=SERVICE_KEY, bearer=SERVICE_KEY)
 
 
-def _http(live_server, method: str, path: str, *, key: str = SERVICE_KEY) -> httpx.Response:
+def _http(live_server, method: str, path: str, *, key: str = SERVICE_KEY, json: dict | None = None) -> httpx.Response:
     headers = {"apikey": key, "Authorization": f"Bearer {key}"}
-    return httpx.request(method, f"{live_server.url}/auth/v1{path}", headers=headers, timeout=10)
+    return httpx.request(method, f"{live_server.url}/auth/v1{path}", headers=headers, json=json, timeout=10)
 
 
 def _events(kind: str) -> list[AuditEvent]:
@@ -105,3 +105,28 @@ def test_server_code_lists_and_deletes_a_users_passkeys(live_server):
     assert list(Passkey.objects.values_list("pk", flat=True)) == [other.pk]
     (event,) = _events(AuditEvent.Kind.PASSKEY_DELETED)
     assert event.user_id == user.pk and event.detail["actor"] == "service_role"
+
+
+def test_the_service_role_renames_a_factor_and_names_stay_unique_per_user(live_server, server):
+    user = UserFactory()
+    factor = MfaFactorFactory(user=user, friendly_name="phone")
+    MfaFactorFactory(user=user, friendly_name="tablet")
+    MfaFactorFactory(friendly_name="laptop")  # someone else's name is free to take
+    path = f"/admin/users/{user.pk}/factors/{factor.pk}"
+
+    renamed = _http(live_server, "PUT", path, json={"friendly_name": " laptop "})
+    assert renamed.status_code == 200, renamed.text
+    assert (renamed.json()["id"], renamed.json()["friendly_name"]) == (str(factor.pk), "laptop")
+    listed = server.admin.mfa.list_factors({"user_id": str(user.pk)})
+    assert {item.friendly_name for item in listed} == {"laptop", "tablet"}
+    assert _events(AuditEvent.Kind.ADMIN_USER_UPDATED)[0].detail["fields"] == "factor.friendly_name"
+
+    taken = _http(live_server, "PUT", path, json={"friendly_name": "tablet"})
+    assert (taken.status_code, taken.json()["error_code"]) == (422, "mfa_factor_name_conflict")
+    blank = _http(live_server, "PUT", path, json={"friendly_name": ""})
+    assert (blank.status_code, blank.json()["friendly_name"]) == (200, "laptop")  # nothing to change, as GoTrue
+    elsewhere = _http(live_server, "PUT", f"/admin/users/{uuid.uuid4()}/factors/{factor.pk}", json={})
+    assert (elsewhere.status_code, elsewhere.json()["error_code"]) == (404, "user_not_found")
+    anon = _http(live_server, "PUT", path, key=ANON_KEY, json={"friendly_name": "x"})
+    assert anon.status_code == 403
+    assert MfaFactor.objects.get(pk=factor.pk).friendly_name == "laptop"
