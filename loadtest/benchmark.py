@@ -63,7 +63,7 @@ import httpx
 
 from loadtest import BASE_DIR, LoadTestError
 from loadtest.loadgen import check_target, percentile, rounded
-from loadtest.machine import loadavg, machine_info
+from loadtest.machine import cpu_times, loadavg, machine_info, steal_pct
 from loadtest.mfa import MfaUnavailable, run_mfa
 from loadtest.rawload import RawResult, raise_nofile_limit, request_bytes, run_open_loop
 from loadtest.stack import Stack, redact
@@ -109,6 +109,9 @@ TARGET_ME_VS_PEER = 1.5
 TARGET_SHED_P50_MS = 100.0
 TARGET_SERVED_P99_MS = 2000.0
 TARGET_MANY_P99_MS = 100.0
+# A run that lost this much of the machine's CPU time to other guests of the
+# host (steal) measured a smaller machine than the run it is compared with.
+STEAL_WARN_PCT = 5.0
 
 # argon2id at the OWASP minimum, as accounts.hashers.Argon2idPasswordHasher.
 ARGON2_TIME_COST = 2
@@ -416,6 +419,11 @@ class Benchmark:
         self.notes: list[str] = []
         self.saturation: dict[tuple[str, str], float] = {}
         self.skipped: list[str] = []
+        self._cpu_mark: list[int] | None = None
+
+    def _mark(self) -> None:
+        """The measured part of a run starts: its CPU steal is counted from here."""
+        self._cpu_mark = cpu_times()
 
     def _time_left(self, needed: float, what: str) -> bool:
         if time.monotonic() + needed > self.deadline_at:
@@ -431,10 +439,14 @@ class Benchmark:
             log(f"waited {waited:.1f} s for {target.name} to drain")
 
     def _record(self, row: dict[str, Any]) -> dict[str, Any]:
+        row["cpu_steal_pct"] = steal_pct(self._cpu_mark, cpu_times()) if self._cpu_mark else None
+        self._cpu_mark = None
         self.runs.append(row)
         extra = ""
         if row.get("errors") or row.get("socket_errors"):
             extra = f", errors {row.get('errors') or row.get('socket_errors')}"
+        if (row["cpu_steal_pct"] or 0) >= STEAL_WARN_PCT:
+            extra += f", CPU steal {row['cpu_steal_pct']}%"
         log(
             f"{row['target']:5} {_scenario_label(row):8} {_fmt_rate(row['rate']):>6}: {row['requests']} requests, "
             f"{row['ok_rps']} ok/s, statuses {row['status_counts']}, p50 {row['p50_ms']} ms, "
@@ -465,6 +477,7 @@ class Benchmark:
             common = {"method": method, "requests": specs, "connections": connections, "threads": o["wrk_threads"]}
             if o["warmup"] > 0:
                 run_wrk(target.url, path, duration=o["warmup"], **common)
+            self._mark()
             report = run_wrk(target.url, path, duration=o["duration"], timeout=REQUEST_TIMEOUT, **common)
             row = self._record(summarize_wrk(target.name, scenario, report))
             self.saturation[(target.name, scenario)] = row["ok_rps"]
@@ -472,6 +485,7 @@ class Benchmark:
     # open loop (rawload)
 
     def _open(self, target: Target, scenario: str, mode: str, **kwargs: Any) -> dict[str, Any]:
+        self._mark()
         result = run_open_loop(target.host, target.port, timeout=REQUEST_TIMEOUT, **kwargs)
         return self._record(summarize_raw(target.name, scenario, mode, result))
 
@@ -540,6 +554,7 @@ class Benchmark:
                 + ") with its access log off in the benchmark's private copy (one JSON line per request costs CPU)"
             )
             host = f"127.0.0.1:{proxy.port}"
+            self._mark()
             result = run_open_loop(
                 "127.0.0.1",
                 proxy.port,
@@ -603,6 +618,12 @@ def _find(runs: Sequence[dict[str, Any]], **match: Any) -> dict[str, Any] | None
     return None
 
 
+def _steal(*rows: dict[str, Any] | None) -> float | None:
+    """The most CPU steal among the runs behind a figure (None: not measured)."""
+    values = [row["cpu_steal_pct"] for row in rows if row and row.get("cpu_steal_pct") is not None]
+    return max(values) if values else None
+
+
 def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: float | None, nproc: int) -> list[dict]:
     """The headline figures: each as Velro, peer, Velro/peer, Velro/floor, target and pass."""
     floor_ms = floor.get("median_ms")
@@ -630,6 +651,7 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             peer_vs_floor=_ratio(p, floor_ms),
             target=f"<= {TARGET_FLOOR_RATIO:.2f}x floor",
             passed=None if ratio_floor is None else ratio_floor <= TARGET_FLOOR_RATIO and low_v["error_count"] == 0,
+            steal_pct=_steal(low_v, low_p),
         )
     ideal = (nproc * 1000.0 / floor_ms) if floor_ms else None
     for scenario, name, goal in (
@@ -653,6 +675,7 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             peer_vs_floor=_ratio(p, ideal) if scenario == "login" else None,
             target=None if goal is None else f">= {goal:g}x peer",
             passed=None if goal is None or vs_peer is None else vs_peer >= goal,
+            steal_pct=_steal(v_row, p_row),
         )
     over = _find(runs, target="velro", scenario="overload")
     if over:
@@ -666,6 +689,7 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             count=shed["count"],
             target=f"<= {TARGET_SHED_P50_MS:g} ms",
             passed=None if shed["p50_ms"] is None else shed["p50_ms"] <= TARGET_SHED_P50_MS,
+            steal_pct=_steal(over),
         )
         add(
             f"overload @ {_fmt_rate(over['rate'])} RPS: served (200) p99",
@@ -677,6 +701,7 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             errors=over["error_count"],
             target=f"<= {TARGET_SERVED_P99_MS:g} ms",
             passed=None if served["p99_ms"] is None else served["p99_ms"] <= TARGET_SERVED_P99_MS,
+            steal_pct=_steal(over),
         )
     many = _find(runs, target="velro", scenario="many")
     if many:
@@ -690,6 +715,7 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             target="0",
             passed=failed == 0 and many["connected"] == many["connections"],
             connected=many["connected"],
+            steal_pct=_steal(many),
         )
         add(
             f"{label}: p99",
@@ -699,6 +725,7 @@ def figures(runs: Sequence[dict[str, Any]], floor: dict[str, Any], low_rate: flo
             short=f"{many['connections']} clients\np99",
             target=f"<= {TARGET_MANY_P99_MS:g} ms",
             passed=None if many["p99_ms"] is None else many["p99_ms"] <= TARGET_MANY_P99_MS,
+            steal_pct=_steal(many),
         )
     out.extend(mfa_figures(runs))
     return out
@@ -841,7 +868,7 @@ def _render(lines: list[list[str]]) -> str:
 
 
 def format_figures(result: dict[str, Any]) -> str:
-    lines = [["figure", "Velro", "peer", "vs peer", "vs floor", "target", "pass"]]
+    lines = [["figure", "Velro", "peer", "vs peer", "vs floor", "target", "pass", "CPU steal %"]]
     for fig in result["figures"]:
         unit = fig["unit"]
         vs_floor = fig.get("vs_floor")
@@ -858,9 +885,16 @@ def format_figures(result: dict[str, Any]) -> str:
                 floor_cell,
                 fig.get("target") or "reported",
                 "-" if passed is None else ("PASS" if passed else "FAIL"),
+                _steal_cell(fig.get("steal_pct")),
             ]
         )
     return _render(lines)
+
+
+def _steal_cell(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:g} (!)" if value >= STEAL_WARN_PCT else f"{value:g}"
 
 
 def format_runs(result: dict[str, Any]) -> str:
@@ -880,6 +914,7 @@ def format_runs(result: dict[str, Any]) -> str:
             "max",
             "statuses",
             "errors",
+            "CPU steal %",
         ]
     ]
     for row in result["runs"]:
@@ -900,6 +935,7 @@ def format_runs(result: dict[str, Any]) -> str:
                 _num(row["max_ms"]),
                 " ".join(f"{k}:{v}" for k, v in row["status_counts"].items()) or "-",
                 " ".join(f"{k}:{v}" for k, v in (errors or {}).items()) or "-",
+                _steal_cell(row.get("cpu_steal_pct")),
             ]
         )
     return _render(lines)
@@ -922,6 +958,13 @@ def format_summary(result: dict[str, Any]) -> str:
         f"{config['wrk_threads']} threads; open loop: {config['open_loop_tool']}",
         f"elapsed {result['elapsed_s']} s",
     ]
+    disturbed = [row for row in result["runs"] if (row.get("cpu_steal_pct") or 0) >= STEAL_WARN_PCT]
+    if disturbed:
+        lines.append(
+            f"warning: {len(disturbed)} run(s) lost >= {STEAL_WARN_PCT:g}% of the CPU time to other guests of the host"
+            " (steal, marked (!)): those figures measured a smaller machine than what they are compared with;"
+            " re-run on a quiet host"
+        )
     lines.extend(f"note: {note}" for note in result["notes"])
     return "\n".join(lines)
 

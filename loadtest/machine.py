@@ -40,6 +40,30 @@ def loadavg() -> list[float] | None:
         return None
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time so far, in ticks (/proc/stat's `cpu` line: user,
+    nice, system, idle, iowait, irq, softirq, steal; guest time is in user)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    return [int(value) for value in fields[1:9]]
+
+
+def steal_pct(before: list[int] | None, after: list[int] | None) -> float | None:
+    """Of the CPU time that passed between two cpu_times() samples, the share the
+    hypervisor gave to other guests (steal), in %. On a shared host this is what
+    makes two runs minutes apart measure different machines."""
+    if before is None or after is None:
+        return None
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    total = sum(spent)
+    return round(100.0 * spent[7] / total, 1) if total > 0 else None
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(

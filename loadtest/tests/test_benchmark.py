@@ -18,7 +18,7 @@ import subprocess
 import pytest
 import yaml
 
-from loadtest import BASE_DIR, benchmark, loadgen, proxy, rawload, wrk
+from loadtest import BASE_DIR, benchmark, loadgen, machine, proxy, rawload, wrk
 from loadtest.tests.test_rawload import TinyServer
 
 pytestmark = pytest.mark.integration
@@ -116,6 +116,7 @@ def test_the_benchmark_runs_every_scenario_against_velro_and_the_peer(needs_bina
     for key, row in runs.items():
         assert set(row) >= RUN_KEYS, key
         assert row["requests"] > 0, key
+        assert 0 <= row["cpu_steal_pct"] <= 100, key  # measured around every run on Linux
         assert row["error_count"] == 0, (key, row.get("errors"), row.get("socket_errors"))
         if row["scenario"] == "overload":
             # at 1x the saturation rate it may still shed a few: shed or served, nothing else
@@ -156,9 +157,12 @@ def test_the_benchmark_runs_every_scenario_against_velro_and_the_peer(needs_bina
         "vs floor",
         "target",
         "pass",
+        "CPU steal %",
     ]
     assert len(table) == 2 + len(result["figures"])
-    assert all(re.search(r"\| +(PASS|FAIL|-) \|$", line) for line in table[2:])
+    assert all(
+        re.search(r"\| +(PASS|FAIL|-) \| +[0-9.]+( \(!\))? \|$", line) for line in table[2:] if "floor" not in line
+    )
     benchmark.format_runs(result)
     benchmark.format_summary(result)
 
@@ -238,3 +242,52 @@ def test_load_test_stacks_keep_one_secret_key_so_what_their_databases_hold_stays
     first = stack.load_test_secret_key()
     assert stack.load_test_secret_key() == first and len(first) >= 40
     assert (tmp_path / "var" / "loadtest-secret-key").stat().st_mode & 0o777 == 0o600
+
+
+def test_cpu_steal_is_the_share_of_the_time_between_two_samples_the_host_gave_to_other_guests():
+    #         user nice system idle iowait irq softirq steal
+    before = [1000, 0, 200, 5000, 10, 0, 5, 100]
+    after = [1600, 0, 300, 5200, 10, 0, 5, 400]  # 1,200 ticks passed, 300 of them stolen
+    assert machine.steal_pct(before, after) == 25.0
+    assert machine.steal_pct(before, before) is None  # no time passed
+    assert machine.steal_pct(None, after) is None  # not Linux
+    now = machine.cpu_times()
+    assert now is not None and len(now) == 8 and all(value >= 0 for value in now)
+
+
+def test_a_figure_says_how_much_cpu_its_runs_lost_to_the_host_and_the_summary_warns():
+    runs = [
+        {"target": "velro", "scenario": "me", "mode": "saturation", "ok_rps": 800.0, "cpu_steal_pct": 23.0},
+        {"target": "peer", "scenario": "me", "mode": "saturation", "ok_rps": 1200.0, "cpu_steal_pct": 0.5},
+    ]
+    (me,) = [f for f in benchmark.figures(runs, {"median_ms": 20.0}, None, 2) if f["figure"].startswith("GET /me")]
+    assert me["steal_pct"] == 23.0 and me["passed"] is False
+    assert "23 (!)" in benchmark.format_figures({"figures": [me]})
+    summary = benchmark.format_summary(
+        {
+            "machine": {"nproc": 2, "cpu_model": "x", "ram_gib": 1, "python": "3.11"},
+            "floor": {
+                "memory_cost_kib": 1,
+                "time_cost": 1,
+                "parallelism": 1,
+                "median_ms": 20.0,
+                "samples": 1,
+                "before": {"median_ms": 20.0},
+                "after": {"median_ms": 20.0},
+            },
+            "load_average": {"start": None, "end": None},
+            "config": {
+                "saturation_tool": "wrk",
+                "duration": 1,
+                "warmup": 0,
+                "login_connections": 1,
+                "me_connections": 1,
+                "wrk_threads": 1,
+                "open_loop_tool": "rawload",
+            },
+            "elapsed_s": 1,
+            "notes": [],
+            "runs": runs,
+        }
+    )
+    assert "warning: 1 run(s) lost >= 5% of the CPU time to other guests" in summary
