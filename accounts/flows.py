@@ -351,6 +351,11 @@ def email_change_resend(*, request: HttpRequest, ask: OneTimeRequest) -> None:
 EMAIL_CHANGE_PURPOSES = [Purpose.EMAIL_CHANGE_NEW, Purpose.EMAIL_CHANGE_CURRENT]
 
 
+def _email_change_sibling(purpose: str) -> str:
+    """The other half of an email change pair."""
+    return Purpose.EMAIL_CHANGE_CURRENT if purpose == Purpose.EMAIL_CHANGE_NEW else Purpose.EMAIL_CHANGE_NEW
+
+
 def email_change_request(
     *,
     request: HttpRequest,
@@ -413,8 +418,9 @@ def email_change_verify(
         token = onetime.ott_find(purposes=EMAIL_CHANGE_PURPOSES, email=email, code=code, token_hash=token_hash)
         user = User.objects.select_for_update().get(pk=token.user_id)
         onetime.ott_claim(token=token)
-        other = Purpose.EMAIL_CHANGE_CURRENT if token.purpose == Purpose.EMAIL_CHANGE_NEW else Purpose.EMAIL_CHANGE_NEW
-        sibling = OneTimeToken.objects.filter(user=user, purpose=other, created_at=token.created_at).first()
+        sibling = OneTimeToken.objects.filter(
+            user=user, purpose=_email_change_sibling(token.purpose), created_at=token.created_at
+        ).first()
         if sibling is None or sibling.used_at is None or not user.is_active:
             return token, None, False
         new_email = token.sent_to if token.purpose == Purpose.EMAIL_CHANGE_NEW else sibling.sent_to
@@ -505,9 +511,8 @@ def email_change_half(*, user: User, new_email: str, purpose: str, redirect_to: 
         )
         paired_at = pending.created_at if pending is not None else now
         if pending is None:
-            for other in EMAIL_CHANGE_PURPOSES:
-                if other != purpose:
-                    onetime.ott_issue(user=user, purpose=other, sent_to=address[other], email=False, now=paired_at)
+            other = _email_change_sibling(purpose)
+            onetime.ott_issue(user=user, purpose=other, sent_to=address[other], email=False, now=paired_at)
         return onetime.ott_issue(
             user=user, purpose=purpose, sent_to=address[purpose], redirect_to=redirect_to, email=False, now=paired_at
         )

@@ -439,7 +439,7 @@ class Benchmark:
             log(f"waited {waited:.1f} s for {target.name} to drain")
 
     def _record(self, row: dict[str, Any]) -> dict[str, Any]:
-        row["cpu_steal_pct"] = steal_pct(self._cpu_mark, cpu_times()) if self._cpu_mark else None
+        row["cpu_steal_pct"] = steal_pct(self._cpu_mark, cpu_times())
         self._cpu_mark = None
         self.runs.append(row)
         extra = ""

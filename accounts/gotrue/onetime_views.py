@@ -367,7 +367,8 @@ class GenerateLinkView(AdminGoTrueView):
         if kind not in flows.GENERATE_LINK_PURPOSES:
             raise validation_failed(f"Invalid email action link type requested: {kind}")
         email = _email(data.get("email") or "")
-        new_email = _email(data.get("new_email") or "") if kind.startswith("email_change") else ""
+        email_change = flows.GENERATE_LINK_PURPOSES[kind] in flows.EMAIL_CHANGE_PURPOSES
+        new_email = _email(data.get("new_email") or "") if email_change else ""
         requested = data.get("redirect_to") or ""
         redirect = requested if redirect_allowed(requested) else _redirect_to(request)
         try:
