@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.core.cache import cache
+from django.db import connection
 from rest_framework.test import APIClient
 
 from accounts import signing, tokens
@@ -28,9 +29,7 @@ from velro.tasks import enqueue_reset
 def pytest_runtest_setup(item: pytest.Item) -> None:
     # The embedded-default run (scripts/test.sh, SQLite) skips what only
     # PostgreSQL can do; the main run on PostgreSQL runs everything.
-    if item.get_closest_marker("postgresql") and django_settings.DATABASES["default"]["ENGINE"] != (
-        "django.db.backends.postgresql"
-    ):
+    if item.get_closest_marker("postgresql") and connection.vendor != "postgresql":
         pytest.skip("needs PostgreSQL (runs in the main suite)")
 
 

@@ -110,8 +110,9 @@ class VerificationKey:
     algorithm: str
 
 
-def jwt_verification_key(token: str, *, legacy_key: bytes) -> VerificationKey:
-    """The one key (and the one algorithm) a token may be verified with.
+def jwt_verification_key(*, algorithm: Any, kid: Any, legacy_key: bytes) -> VerificationKey:
+    """The one key (and the one algorithm) a token whose header names
+    `algorithm` and `kid` may be verified with.
 
     A token with a `kid` is verified only with that stored key and that key's
     own algorithm (an allowlist of one: never "none", and never HS256 with a
@@ -120,16 +121,10 @@ def jwt_verification_key(token: str, *, legacy_key: bytes) -> VerificationKey:
     token is verified with the surface's legacy secret while
     JWT_LEGACY_HS256_VERIFY allows it. Anything else is refused.
     """
-    try:
-        header = jwt.get_unverified_header(token)
-    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
-        raise InvalidAccessToken(str(exc)) from None
-    algorithm = header.get("alg")
     if algorithm == LEGACY_ALGORITHM:
         if not settings.JWT_LEGACY_HS256_VERIFY:
             raise InvalidAccessToken("HS256 tokens are no longer accepted")
         return VerificationKey(identity=(LEGACY_ALGORITHM, legacy_key), key=legacy_key, algorithm=LEGACY_ALGORITHM)
-    kid = header.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidAccessToken("no key id")
     verifier = signing.keys.verifier(kid)
@@ -165,13 +160,16 @@ def jwt_decode_with(token: str, key: VerificationKey, *, audience: str, issuer: 
         raise InvalidAccessToken(str(exc)) from None
 
 
-# Access tokens this process has verified, both surfaces: (token, key identity,
-# audience, issuer) -> (what the caller made of the claims, not before,
-# expires at). A token is re-sent with every request of its 15 minutes; its
-# signature and claims cannot change, so only the time checks are repeated on
-# a hit. The key is resolved first on every request (a dict lookup in the
-# process's key set), so a revoked key, or HS256 turned off, stops its cached
-# tokens too. Bounded; emptied when full.
+# Access tokens this process has verified, both surfaces: (token, audience,
+# issuer) -> (what the caller made of the claims, the header's alg and kid,
+# the key's identity, not before, expires at). A token is re-sent with every
+# request of its 15 minutes; its header, signature and claims cannot change,
+# so on a hit only the key and the times are checked again: the remembered
+# alg and kid are resolved in the process's key set (a dict lookup) on every
+# request, so a revoked key, or HS256 turned off, stops its cached tokens too.
+# Parsing the header again on each hit (PyJWT's get_unverified_header decodes
+# all three segments, checking each character in Python) was a sixth of a
+# token-authenticated request's CPU. Bounded; emptied when full.
 _verified = LocalCache(max_entries=20_000)
 
 
@@ -185,15 +183,22 @@ def jwt_verify_cached(
 ) -> T:
     """jwt_verify, then `parse(claims)` (which raises on claims it refuses),
     remembered for the token's lifetime in this process."""
-    key = jwt_verification_key(token, legacy_key=legacy_key)
-    cache_key = (token, key.identity, audience, issuer)
+    cache_key = (token, audience, issuer)
     hit = _verified.get(cache_key, settings.ACCESS_TOKEN_TTL_SECONDS)
     if hit is not None:
-        value, not_before, expires_at = hit
+        value, (algorithm, kid), identity, not_before, expires_at = hit
+        # Raises once the key may no longer verify.
+        key = jwt_verification_key(algorithm=algorithm, kid=kid, legacy_key=legacy_key)
         now, leeway = time.time(), settings.JWT_LEEWAY_SECONDS
-        if not_before - leeway <= now < expires_at + leeway:  # PyJWT's nbf/iat and exp checks
+        if key.identity == identity and not_before - leeway <= now < expires_at + leeway:  # PyJWT's nbf/iat and exp
             return value
         _verified.pop(cache_key)
+    try:
+        header = jwt.get_unverified_header(token)
+    except (jwt.PyJWTError, ValueError, TypeError, AttributeError) as exc:
+        raise InvalidAccessToken(str(exc)) from None
+    algorithm, kid = header.get("alg"), header.get("kid")
+    key = jwt_verification_key(algorithm=algorithm, kid=kid, legacy_key=legacy_key)
     claims = jwt_decode_with(token, key, audience=audience, issuer=issuer, required=required)
     value = parse(claims)
     try:
@@ -201,7 +206,7 @@ def jwt_verify_cached(
         not_before, expires_at = max(int(claims.get("nbf", issued_at)), issued_at), int(claims["exp"])
     except (ValueError, TypeError) as exc:
         raise InvalidAccessToken(str(exc)) from None
-    _verified.set(cache_key, (value, not_before, expires_at))
+    _verified.set(cache_key, (value, (algorithm, kid), key.identity, not_before, expires_at))
     return value
 
 

@@ -218,6 +218,9 @@ AUTH_STATEMENT_TIMEOUT_MS = _int("AUTH_STATEMENT_TIMEOUT_MS", 1500, minimum=1)
 AUTH_LOCK_TIMEOUT_MS = _int("AUTH_LOCK_TIMEOUT_MS", 500, minimum=1)
 
 if _db.get("ENGINE") == "django.db.backends.postgresql":
+    # Django's backend, whose pool checks a connection before lending it with
+    # a socket poll instead of a round trip (velro/pgbackend).
+    _db["ENGINE"] = "velro.pgbackend"
     _db["CONN_MAX_AGE"] = 0 if DB_POOL else DB_CONN_MAX_AGE
     _db["CONN_HEALTH_CHECKS"] = True  # with the pool: a connection is checked before it is lent
     _db["OPTIONS"] = {"connect_timeout": DB_CONNECT_TIMEOUT}

@@ -95,6 +95,18 @@ def test_login_access_token_authenticates_me(user, login):
     assert response.json()["id"] == str(user.pk)
 
 
+def test_a_verified_token_is_not_parsed_again_on_its_next_request(session, monkeypatch):
+    token = mint(session)
+    assert me(f"Bearer {token}").status_code == 200
+
+    def parsed_again(token: str) -> dict:
+        raise AssertionError("the header of a verified token was parsed again")
+
+    # A hit resolves the remembered kid in the key set and checks the times only.
+    monkeypatch.setattr(jwt, "get_unverified_header", parsed_again)
+    assert me(f"Bearer {token}").status_code == 200
+
+
 def test_a_minted_token_with_correct_claims_works(session):
     # The baseline every crafted-token rejection below is measured against.
     response = me(f"Bearer {mint(session)}")

@@ -188,7 +188,7 @@ def test_a_postgres_database_url_is_parsed_with_timeouts():
         DB_STATEMENT_TIMEOUT_MS="1234",
     )
     output = _started(result)
-    assert "django.db.backends.postgresql" in output
+    assert "velro.pgbackend" in output
     assert "velro_settings_check" in output
     assert "statement_timeout=1234" in output
 
