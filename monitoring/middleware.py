@@ -110,6 +110,10 @@ class RequestContextMiddleware:
         with connection.execute_wrapper(_time_query), connection.execute_wrapper(db_guard):
             response = reject_client_error(request) or self.get_response(request)
         total = record.total_ms()
+        if record.shed:
+            # Logged (once per second, with a count) by admission control;
+            # Django would log each shed 503 at ERROR after this returns.
+            response._has_been_logged = True
         response["X-Request-ID"] = record.request_id
         if is_trusted_caller(request):
             # Phase timings tell hash kinds apart (bcrypt vs argon2id users): operators only.

@@ -12,7 +12,8 @@ for nobody. So:
   seconds (FIFO, handed off on release: a newcomer never overtakes a waiter),
   and sheds everything else at once with `velro.errors.Overloaded` (503
   `overloaded` + Retry-After). Every shed is counted (`shed_counts`), logged
-  once at WARNING and announced (`velro.signals.admission_shed`, for metrics).
+  at most once a second per reason at WARNING (with the count since) and
+  announced (`velro.signals.admission_shed`, for metrics).
 - `request_check` sheds a request whose client has gone (its socket is closed
   or reset: `client_gone`) or that has waited longer than its budget
   (`request_age`: under gunicorn, measured from when its last byte reached
@@ -58,6 +59,7 @@ QUEUE_TIMEOUT = "queue_timeout"  # waited `timeout` for a slot without getting o
 CLIENT_GONE = "client_gone"  # the client closed or reset its connection
 TOO_OLD = "too_old"  # the request waited longer than its budget before the work
 REASONS = (QUEUE_FULL, QUEUE_TIMEOUT, CLIENT_GONE, TOO_OLD)
+SHED_LOG_INTERVAL = 1.0  # seconds: at most one log line per reason per interval (with the count)
 
 
 def _condition_wait(condition: threading.Condition, seconds: float) -> None:
@@ -104,6 +106,8 @@ class Admission:
         self._in_flight = 0
         self.granted = 0
         self.shed_counts: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self._unlogged: dict[str, int] = {}  # per reason: shed since its last log line
+        self._logged_at: dict[str, float] = {}
 
     def __repr__(self) -> str:
         return (
@@ -183,10 +187,32 @@ class Admission:
             self._in_flight -= 1
 
     def shed(self, reason: str) -> Overloaded:
-        """Count, log and announce a shed request; returns the error to raise."""
+        """Count, log and announce a shed request; returns the error to raise.
+
+        Logged at most once per SHED_LOG_INTERVAL seconds per reason, with how
+        many were shed since the last line: under overload a line per shed
+        (and Django's own ERROR line per 503, which this request's record now
+        tells the request middleware to skip) cost a shed more CPU than the
+        rest of its answer, CPU the served logins needed. Every shed is
+        counted and announced (metrics) all the same."""
+        now = self._clock()
         with self._condition:
             self.shed_counts[reason] = self.shed_counts.get(reason, 0) + 1
-        logger.warning("admission %s: shed (%s)", self.name, reason, extra={"reason": reason})
+            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+            due = now - self._logged_at.get(reason, float("-inf")) >= SHED_LOG_INTERVAL
+            if due:
+                count, self._unlogged[reason], self._logged_at[reason] = self._unlogged[reason], 0, now
+        if due:
+            logger.warning(
+                "admission %s: shed (%s): %d since the last line",
+                self.name,
+                reason,
+                count,
+                extra={"reason": reason, "shed": count},
+            )
+        record = context.current()
+        if record is not None:
+            record.shed = True
         admission_shed.send(sender=Admission, name=self.name, reason=reason)
         return Overloaded(reason=reason)
 

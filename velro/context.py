@@ -27,6 +27,9 @@ class RequestRecord:
     counts: dict[str, int] = field(default_factory=dict)
     middleware_ran: list[str] = field(default_factory=list)
     middleware_skipped: list[str] = field(default_factory=list)
+    # Shed by admission control: logged there (velro.admission), so the
+    # request's 503 needs no line of Django's own (see RequestContextMiddleware).
+    shed: bool = False
 
     def add(self, phase: str, ms: float) -> None:
         self.phases[phase] = self.phases.get(phase, 0.0) + ms

@@ -138,6 +138,17 @@ def test_a_login_with_every_slot_held_is_shed_without_a_verify_or_a_session(
     assert Session.objects.filter(user=user).count() == 1
 
 
+def test_a_burst_of_shed_logins_is_logged_once_and_never_by_django_at_error(api, user, hold_all_slots, caplog):
+    with hold_all_slots():
+        responses = [login(api, user.email) for _ in range(5)]
+    for response in responses:
+        assert_overloaded(response)
+    assert [r.getMessage() for r in caplog.records if r.name == "velro.admission"] == [
+        "admission password_hash: shed (queue_full): 1 since the last line"
+    ]
+    assert [r for r in caplog.records if r.name == "django.request"] == []
+
+
 def test_a_login_waits_for_a_machine_slot_at_most_the_queue_timeout_then_is_shed_unhashed(
     api, user, settings, hashes, shed_events, tmp_path
 ):

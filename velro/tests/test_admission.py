@@ -116,6 +116,35 @@ def test_a_full_pool_without_a_queue_sheds_at_once(shed_events):
     assert shed_events == [{"sender": Admission, "signal": admission_shed, "name": "t", "reason": QUEUE_FULL}]
 
 
+def test_sheds_are_logged_once_a_second_per_reason_with_the_count_since(shed_events, caplog):
+    clock = FakeClock()
+    pool = Admission("t", limit=1, queue_max=0, timeout=0, clock=clock, wait=clock.wait)
+
+    def shed_now(reason: str = QUEUE_FULL) -> None:
+        pool.shed(reason)
+
+    for _ in range(3):
+        shed_now()
+    clock.advance(0.5)
+    shed_now()
+    shed_now(TOO_OLD)  # another reason has its own line
+    clock.advance(0.6)
+    shed_now()
+    assert [r.getMessage() for r in caplog.records if r.name == "velro.admission"] == [
+        "admission t: shed (queue_full): 1 since the last line",
+        "admission t: shed (too_old): 1 since the last line",
+        "admission t: shed (queue_full): 4 since the last line",
+    ]
+    assert pool.shed_counts[QUEUE_FULL] == 5 and len(shed_events) == 6  # every shed counted and announced
+
+
+def test_a_shed_inside_a_request_marks_its_record(shed_events):
+    pool = Admission("t", limit=1, queue_max=0, timeout=0)
+    record = context.begin("r-1")
+    pool.shed(CLIENT_GONE)
+    assert record.shed
+
+
 def test_a_waiter_waits_at_most_its_timeout_then_is_shed(shed_events):
     clock = FakeClock()
     pool = Admission("t", limit=1, queue_max=4, timeout=0.25, clock=clock, wait=clock.wait)
