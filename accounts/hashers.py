@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib.auth.hashers import Argon2PasswordHasher, BCryptPasswordHasher
 
 from velro.context import phase
+from velro.hashpool import hash_run
 
 
 class Argon2idPasswordHasher(Argon2PasswordHasher):
@@ -19,13 +20,14 @@ class Argon2idPasswordHasher(Argon2PasswordHasher):
     memory_cost = 19456
     parallelism = 1
 
+    # On a hash thread (velro.hashpool): the same work at a lower CPU priority.
     def encode(self, password: str, salt: str) -> str:
         with phase("hash"):
-            return super().encode(password, salt)
+            return hash_run(super().encode, password, salt)
 
     def verify(self, password: str, encoded: str) -> bool:
         with phase("hash"):
-            return super().verify(password, encoded)
+            return hash_run(super().verify, password, encoded)
 
 
 class SupabaseBCryptPasswordHasher(BCryptPasswordHasher):
@@ -49,7 +51,7 @@ class SupabaseBCryptPasswordHasher(BCryptPasswordHasher):
     def verify(self, password: str, encoded: str) -> bool:
         try:
             with phase("hash"):
-                return super().verify(password, encoded)
+                return hash_run(super().verify, password, encoded)
         except ValueError:
             # A malformed stored hash is a failed login, not a 500.
             return False

@@ -659,6 +659,10 @@ HASH_SLOTS_DIR = _str("HASH_SLOTS_DIR", "") or os.path.join(
     f"velro-hash-{os.getuid()}",
 )
 HASH_QUEUE_MAX = _int("HASH_QUEUE_MAX", 4)
+# The hash itself runs on a thread this much nicer than the request threads
+# (velro/hashpool.py): under overload the kernel serves sheds, /me and probes
+# before hashes. 0 = on the request's thread, at its priority.
+HASH_NICE = _int("HASH_NICE", 5, minimum=0)
 HASH_QUEUE_TIMEOUT_MS = _int("HASH_QUEUE_TIMEOUT_MS", 500)
 HASH_MAX_REQUEST_AGE_MS = _int("HASH_MAX_REQUEST_AGE_MS", 2000)
 
