@@ -7,9 +7,10 @@ turn in the kernel's run queue behind the hashes: sheds took hundreds of
 milliseconds to say "busy". Here the hash itself runs on a pool thread whose
 nice value is HASH_NICE higher (default 5: about a third of a request
 thread's CPU weight while both want the CPU), so the kernel runs everything
-else first and the hashes take what is left. On an idle core nothing
-changes. The request's thread waits for the result (admission control,
-velro.admission, still bounds how many hashes a process and the machine run).
+else first and the hashes take what is left. The handoff to the pool
+thread and back costs a quiet login 2-3 ms (README: Overload). The request's
+thread waits for the result (admission control, velro.admission, still
+bounds how many hashes a process and the machine run).
 
 Raising a thread's own nice value needs no privilege, lowering it back
 would: the pool's threads keep it for life and request threads never run at
