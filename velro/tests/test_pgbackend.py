@@ -7,6 +7,7 @@ import select
 import time
 
 import psycopg
+import psycopg_pool.pool
 import pytest
 from django.db import connection
 from psycopg_pool import ConnectionPool
@@ -83,3 +84,23 @@ def test_the_apps_pool_lends_its_connections_without_a_round_trip_each():
         # psycopg's check leaves its empty query as the connection's last statement.
         assert last != ""
         connection.close()
+
+
+def test_after_the_server_ends_every_pooled_connection_the_next_query_gets_a_live_one_at_once(monkeypatch):
+    # psycopg's own check loop slept ~1 s (growing) after each dead connection,
+    # and ran out of DB_POOL_TIMEOUT (2 s) on the second: recorded, not slept.
+    sleeps = []
+    monkeypatch.setattr(psycopg_pool.pool, "sleep", sleeps.append)
+    User.objects.count()
+    pid = connection.connection.info.backend_pid
+    connection.close()  # back in the pool, idle
+    with _connect() as admin:  # as a restart does: every connection of the database but this one
+        ended = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()[0]
+    assert ended >= 2  # the pool keeps DB_POOL_MIN_SIZE (2) open
+    time.sleep(0.2)  # the FATALs and the closes reach the pooled sockets
+    assert User.objects.count() >= 0
+    assert connection.connection.info.backend_pid != pid
+    assert sleeps == []  # each dead one was replaced at once
