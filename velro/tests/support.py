@@ -165,10 +165,21 @@ class GunicornServer:
             self.process.wait_until(
                 self._answers, timeout=self.startup_timeout, what=f"GET {self.ready_path} answering 200"
             )
+            # Every worker, not only the first: a test that spreads requests over
+            # the workers must not find one still warming up (its argon2 step).
+            self.process.wait_until(
+                self._all_warmed_up, timeout=self.startup_timeout, what=f"{self.workers} workers warmed up"
+            )
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _all_warmed_up(self) -> bool:
+        # gunicorn.conf.py's post_worker_init logs one of these per worker.
+        text = self.log_text()
+        done = sum(text.count(line) for line in ("worker warmed up", "warm-up failed", "warm-up skipped"))
+        return done >= self.workers
 
     def _answers(self) -> bool:
         try:
