@@ -455,6 +455,18 @@ def run_concurrently(work: Any, n: int = 6) -> list:
 # --- a stalled database ---------------------------------------------------------------------------
 
 
+def second_connection(**kwargs: Any) -> Any:
+    """A psycopg connection of its own to the test database, beside Django's
+    (to hold a lock, watch pg_stat_activity, end a backend); `kwargs` for psycopg.connect."""
+    import psycopg
+    from django.db import connection
+
+    params = connection.get_connection_params()
+    for name in ("cursor_factory", "context"):  # Django's own, not psycopg.connect's
+        params.pop(name, None)
+    return psycopg.connect(**params, **kwargs)
+
+
 @contextlib.contextmanager
 def stalled_inserts(table: str, seconds: int = 5) -> Any:
     """Every INSERT into `table` sleeps `seconds` first (a committed BEFORE INSERT trigger)."""

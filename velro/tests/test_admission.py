@@ -119,17 +119,13 @@ def test_a_full_pool_without_a_queue_sheds_at_once(shed_events):
 def test_sheds_are_logged_once_a_second_per_reason_with_the_count_since(shed_events, caplog):
     clock = FakeClock()
     pool = Admission("t", limit=1, queue_max=0, timeout=0, clock=clock, wait=clock.wait)
-
-    def shed_now(reason: str = QUEUE_FULL) -> None:
-        pool.shed(reason)
-
     for _ in range(3):
-        shed_now()
+        pool.shed(QUEUE_FULL)
     clock.advance(0.5)
-    shed_now()
-    shed_now(TOO_OLD)  # another reason has its own line
+    pool.shed(QUEUE_FULL)
+    pool.shed(TOO_OLD)  # another reason has its own line
     clock.advance(0.6)
-    shed_now()
+    pool.shed(QUEUE_FULL)
     assert [r.getMessage() for r in caplog.records if r.name == "velro.admission"] == [
         "admission t: shed (queue_full): 1 since the last line",
         "admission t: shed (too_old): 1 since the last line",

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import psycopg
 import pytest
-from django.db import connection
 
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from velro.db import breaker
+from velro.tests.support import second_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,20 +24,13 @@ def clock(settings):
     breaker.reset()
 
 
-def _second_connection() -> psycopg.Connection:
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    return psycopg.connect(**params)
-
-
 def test_a_lock_timeout_opens_the_breaker_and_queries_fail_fast_until_it_closes(api, clock):
     user = UserFactory()
     tokens = api.post(LOGIN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json").json()
     bearer = {"HTTP_AUTHORIZATION": f"Bearer {tokens['access_token']}"}
     assert api.get("/api/v1/auth/me", **bearer).status_code == 200  # warm cache
 
-    locker = _second_connection()
+    locker = second_connection()
     try:
         with locker.cursor() as cursor:
             cursor.execute("SELECT id FROM auth_refresh_tokens FOR UPDATE")

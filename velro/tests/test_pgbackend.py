@@ -14,15 +14,13 @@ from psycopg_pool import ConnectionPool
 
 from accounts.models import User
 from velro.pgbackend.base import connection_check
+from velro.tests.support import second_connection
 
 pytestmark = [pytest.mark.postgresql, pytest.mark.django_db(transaction=True)]
 
 
 def _connect() -> psycopg.Connection:
-    params = connection.get_connection_params()
-    for name in ("cursor_factory", "context"):
-        params.pop(name, None)
-    return psycopg.connect(**params, autocommit=True)
+    return second_connection(autocommit=True)
 
 
 def _until_readable(conn: psycopg.Connection) -> None:
