@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -32,6 +32,7 @@ from accounts.models import ApiKey, MfaFactor, PublicUser, RevocationKind, Role,
 from accounts.revocations import feed, l1_epoch, l1_epoch_bump, tombstone_key
 from velro.cache import GENERATION_KEY, safe_cache
 from velro.localcache import LocalCache
+from velro.prepared import PreparedRead
 
 
 def user_key(user_id: uuid.UUID | str) -> str:
@@ -138,6 +139,8 @@ def user_field_register(*, name: str, read: Callable[[User], Any], related: str 
     if name in _CORE_ENTRY_KEYS:
         raise ValueError(f"{name!r} is a core user field")
     _user_fields[name] = UserField(name=name, read=read, related=related)
+    for read_ in _prepared_user_reads:  # their select_related paths changed
+        read_.reset()
 
 
 def user_related(prefix: str = "") -> list[str]:
@@ -391,18 +394,29 @@ def user_api_keys(*, user_id: uuid.UUID) -> list[ApiKey]:
 # --- login -------------------------------------------------------------------------------
 
 
+def _user_for_login_query(field: str) -> Callable[..., QuerySet]:
+    def build(*, identifier: str) -> QuerySet:
+        # has_mfa_factors: an EXISTS in the same query, so a session body of a
+        # user without factors needs no query to say so. Unique
+        # (case-insensitively): LIMIT 1, without .first()'s ORDER BY.
+        users = User.objects.select_related(*user_related()).annotate(has_mfa_factors=has_mfa_factors())
+        return users.filter(**{f"{field}__lower": identifier})[:1]
+
+    return build
+
+
+# Compiled once (velro.prepared): a login pays for the query, not for building its SQL.
+_login_by_email = PreparedRead(User, _user_for_login_query("email"), "identifier")
+_login_by_username = PreparedRead(User, _user_for_login_query("username"), "identifier")
+_prepared_user_reads = (_login_by_email, _login_by_username)
+
+
 def user_for_login(*, email: str | None = None, username: str | None = None) -> User | None:
     """The account a login names: one indexed read (case-insensitive), never cached
     (the password hash is needed and is never cached)."""
-    # has_mfa_factors: an EXISTS in the same query, so a session body of a user
-    # without factors needs no query to say so.
-    users = User.objects.select_related(*user_related()).annotate(has_mfa_factors=has_mfa_factors())
     if email is not None:
-        users = users.filter(email__lower=email.strip().lower())
-    else:
-        users = users.filter(username__lower=(username or "").strip().lower())
-    # Unique (case-insensitively): LIMIT 1, without .first()'s ORDER BY to compile.
-    return next(iter(users[:1]), None)
+        return _login_by_email.first(identifier=email.strip().lower())
+    return _login_by_username.first(identifier=(username or "").strip().lower())
 
 
 def user_signed_in_from(*, user_id: uuid.UUID, ip: str | None) -> bool:
