@@ -20,6 +20,14 @@ Two mechanisms, each closing a gap the other leaves:
   (1 s), it trusts no cached positive entry at all: the bound holds even when
   its poller is stuck.
 
+- **A cache of this process's own** (the embedded default's local-memory
+  cache: no Redis) holds no tombstone written by another worker. Each
+  revocation also bumps the machine's L1 epoch (a shared-memory word every
+  worker reads, `l1_epoch()`), and while the epoch differs from what it was
+  when this process last polled, no cached positive entry is trusted and the
+  poller is woken to read the feed now: another worker's logout is final
+  here at once, not after up to an interval.
+
 Polling (not LISTEN/NOTIFY) because it works through a transaction-pooling
 PgBouncer, costs one indexed query per process per interval, and needs no
 connection held open.
@@ -35,6 +43,8 @@ from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -63,6 +73,11 @@ def tombstones_write(kind: str, subjects: Iterable[str]) -> None:
 
 
 _epoch: SharedEpoch | None = None
+
+
+def _cache_is_local() -> bool:
+    """Is the cache this process's own (local memory), so no other worker's tombstone reaches it?"""
+    return isinstance(caches["default"], LocMemCache)
 
 
 def l1_epoch() -> SharedEpoch:
@@ -115,10 +130,12 @@ class RevocationFeed:
         self._seen: set[int] = set()  # ids > low already seen
         self._gaps: dict[int, float] = {}  # id missing below a seen one -> first noticed
         self._polled_at = float("-inf")
+        self._epoch_at_poll: bytes | None = None  # the machine's L1 epoch when the last poll began
         self._sweep_at = 0.0
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._stop = threading.Event()
+        self._wake = threading.Event()
 
     # --- what the request path asks ----------------------------------------------
 
@@ -134,7 +151,16 @@ class RevocationFeed:
         with self._lock:
             if self._clock() - self._polled_at > settings.REVOCATION_FEED_MAX_LAG_SECONDS:
                 return False  # our view may be older than the bound: ask PostgreSQL
-            return not any(subject in self._revoked for subject in subjects)
+            if any(subject in self._revoked for subject in subjects):
+                return False
+            epoch_at_poll = self._epoch_at_poll
+        if _cache_is_local() and l1_epoch().value() != epoch_at_poll:
+            # A worker of this machine revoked (or changed a user) since our
+            # last poll, and our cache cannot hold its tombstone: ask
+            # PostgreSQL, and poll now rather than at the next interval.
+            self._wake.set()
+            return False
+        return True
 
     def note(self, kind: str, subjects: Iterable[str]) -> None:
         """A revocation made by this process: distrust its subjects now, not at the next poll."""
@@ -148,6 +174,7 @@ class RevocationFeed:
     def poll(self) -> int:
         """Read new feed rows; return how many were new. Raises on database errors."""
         started = self._clock()
+        epoch = l1_epoch().value()  # before the read: a bump during it is caught next time
         if self._low is None:
             self._low = self._initial_low()
         rows = list(
@@ -161,6 +188,7 @@ class RevocationFeed:
             self._advance([row_id for row_id, _, _ in rows], started)
             self._expire(started)
             self._polled_at = started
+            self._epoch_at_poll = epoch
         for kind in {kind for kind, _ in fresh}:
             tombstones_write(kind, [subject for k, subject in fresh if k == kind])
         return len(fresh)
@@ -194,7 +222,8 @@ class RevocationFeed:
             self._revoked = {key: until for key, until in self._revoked.items() if until > now}
             self._sweep_at = now + 10
 
-    def _run(self) -> None:
+    def _run(self, stop: threading.Event, wake: threading.Event) -> None:
+        # This thread's own events: after a reset() a new poller gets new ones.
         interval = settings.REVOCATION_FEED_INTERVAL_SECONDS
         failing = False
         while True:  # the first poll at once: until then no cached entry is trusted
@@ -209,7 +238,9 @@ class RevocationFeed:
                 failing = True
             finally:
                 connection.close()  # this thread's connection goes back to the pool
-            if self._stop.wait(interval):
+            wake.wait(interval)  # the interval, or sooner when trusts_cached wakes us
+            wake.clear()
+            if stop.is_set():
                 return
 
     def ensure_started(self) -> None:
@@ -221,12 +252,16 @@ class RevocationFeed:
                 return
             self._pid = os.getpid()
             self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._run, name="revocation-feed", daemon=True)
+            self._wake = threading.Event()
+            self._thread = threading.Thread(
+                target=self._run, args=(self._stop, self._wake), name="revocation-feed", daemon=True
+            )
             self._thread.start()
 
     def reset(self, clock: Callable[[], float] | None = None) -> None:
         """Forget everything and stop polling (tests)."""
         self._stop.set()
+        self._wake.set()
         with self._lock:
             self._clock = clock or self._clock
             self._revoked.clear()
@@ -234,6 +269,7 @@ class RevocationFeed:
             self._seen.clear()
             self._gaps.clear()
             self._polled_at = float("-inf")
+            self._epoch_at_poll = None
             self._thread = None
 
 

@@ -93,6 +93,12 @@ class SharedEpoch:
         if mapped is not None:
             mapped[: self.SIZE] = os.urandom(self.SIZE)
 
+    def value(self) -> bytes | None:
+        """The current value (None when the file cannot be used), for a reader
+        that keeps what it saw itself rather than per thread."""
+        mapped = self._mapped()
+        return None if mapped is None else mapped[: self.SIZE]
+
     def changed(self) -> bool:
         mapped = self._mapped()
         if mapped is None:

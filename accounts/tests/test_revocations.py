@@ -21,6 +21,7 @@ from accounts.revocations import RevocationFeed, feed, tombstone_key
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tests.support import Clock, api_login, bearer
 from velro.cache import safe_cache
+from velro.localcache import SharedEpoch
 
 ME = "/api/v1/auth/me"
 LOGIN = "/api/v1/auth/login"
@@ -88,6 +89,10 @@ def _sid(access_token: str) -> str:
     return str(access_token_decode(access_token).session_id)
 
 
+def _client_session(client: APIClient) -> uuid.UUID:
+    return uuid.UUID(_sid(client._credentials["HTTP_AUTHORIZATION"].split()[1]))
+
+
 # --- tombstones and negative entries -------------------------------------------------------------
 
 
@@ -122,18 +127,73 @@ def test_a_revocation_this_node_could_not_put_in_the_cache_reaches_it_through_th
     client = bearer(login(user)["access_token"])
     feed.poll()
     assert client.get(ME).status_code == 200  # warm: "active" cached
-    sid = _sid(client._credentials["HTTP_AUTHORIZATION"].split()[1])
     # Another node logs the session out while it cannot reach the cache:
-    # only the row and the feed entry are written.
+    # only the row and the feed entry are written (and its own machine's epoch bumped).
     monkeypatch.setattr("accounts.revocations.tombstones_write", lambda kind, subjects: None)
     monkeypatch.setattr("accounts.services.session_cache_invalidate", lambda session_ids: None)
+    monkeypatch.setattr("accounts.revocations.l1_epoch_bump", lambda: None)
     monkeypatch.setattr(feed, "note", lambda kind, subjects: None)  # the other node's own feed
-    services.session_logout(user_id=user.pk, session_id=uuid.UUID(sid), scope="local")
+    services.session_logout(user_id=user.pk, session_id=_client_session(client), scope="local")
     monkeypatch.undo()
     assert client.get(ME).status_code == 200  # the stale entry, until the next poll
     feed_on.now += 0.5
     assert feed.poll() == 1
     assert client.get(ME).status_code == 401
+
+
+def _another_worker_of_this_machine(monkeypatch, settings):
+    """Patch what a revocation made in this process writes into this process's
+    own cache and feed: the writes of another worker (its own local-memory
+    cache), which reach this one only through PostgreSQL and the machine's
+    shared epoch (bumped through a mapping of its own)."""
+    monkeypatch.setattr("accounts.revocations.tombstones_write", lambda kind, subjects: None)
+    monkeypatch.setattr("accounts.services.session_cache_invalidate", lambda session_ids: None)
+    monkeypatch.setattr("accounts.revocations.l1_epoch_bump", SharedEpoch(settings.AUTH_L1_EPOCH_PATH).bump)
+    monkeypatch.setattr(feed, "note", lambda kind, subjects: None)
+
+
+LOCAL_MEMORY_CACHE = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "own"}}
+
+
+@pytest.mark.django_db
+def test_with_a_cache_of_its_own_a_logout_made_by_another_worker_of_this_machine_is_final_here_at_once(
+    feed_on, monkeypatch, settings, django_assert_num_queries
+):
+    """The embedded default (no Redis): the other worker's tombstone never
+    reaches this worker's cache, and its poll may be up to an interval away."""
+    settings.CACHES = LOCAL_MEMORY_CACHE
+    bystander = bearer(login(UserFactory())["access_token"])
+    user = UserFactory()
+    client = bearer(login(user)["access_token"])
+    feed.poll()
+    assert client.get(ME).status_code == bystander.get(ME).status_code == 200  # both cached "active"
+    with monkeypatch.context() as elsewhere:
+        _another_worker_of_this_machine(elsewhere, settings)
+        services.session_logout(user_id=user.pk, session_id=_client_session(client), scope="local")
+    assert client.get(ME).status_code == 401  # no poll in between
+    # Until this process has polled, nothing cached is trusted; after, the cache serves again.
+    with django_assert_num_queries(1):
+        assert bystander.get(ME).status_code == 200
+    feed_on.now += 0.1
+    feed.poll()
+    with django_assert_num_queries(0):
+        assert bystander.get(ME).status_code == 200
+
+
+@pytest.mark.django_db
+def test_with_a_shared_cache_another_workers_revocation_leaves_the_other_cached_sessions_trusted(
+    feed_on, monkeypatch, settings, django_assert_num_queries
+):
+    """Redis holds the other worker's tombstone: the machine's epoch moving
+    must not send every request to PostgreSQL until the next poll."""
+    bystander = bearer(login(UserFactory())["access_token"])
+    user = UserFactory()
+    client = bearer(login(user)["access_token"])
+    feed.poll()
+    assert client.get(ME).status_code == bystander.get(ME).status_code == 200
+    SharedEpoch(settings.AUTH_L1_EPOCH_PATH).bump()  # another worker revoked something
+    with django_assert_num_queries(0):
+        assert bystander.get(ME).status_code == 200
 
 
 @pytest.mark.django_db
