@@ -341,6 +341,7 @@ def summarize_raw(target: str, scenario: str, mode: str, result: RawResult) -> d
         "scenario": scenario,
         "mode": mode,
         "tool": "rawload",
+        "loop": result.loop,
         "rate": result.rate,
         "connections": result.connections,
         "processes": result.processes,

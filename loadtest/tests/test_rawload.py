@@ -171,3 +171,12 @@ def test_the_nofile_limit_is_raised_to_the_hard_limit():
     assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert hard == resource.RLIM_INFINITY or soft == hard
+
+
+@pytest.mark.parametrize(("told", "loop"), [("", "uvloop"), ("asyncio", "asyncio")])
+def test_the_generator_runs_on_uvloop_unless_told_to_use_asyncio_and_the_result_says_which(monkeypatch, told, loop):
+    monkeypatch.setenv("RAWLOAD_LOOP", told)
+    with TinyServer() as server:
+        result = rawload.run_open_loop(HOST, server.port, [req("/ok")], rate=40, duration=0.5, connections=4)
+    assert result.loop == loop
+    assert result.status_counts == {"200": 20}
