@@ -45,6 +45,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
+from django.core.signals import setting_changed
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -75,9 +76,25 @@ def tombstones_write(kind: str, subjects: Iterable[str]) -> None:
 _epoch: SharedEpoch | None = None
 
 
+_local_cache: bool | None = None
+
+
 def _cache_is_local() -> bool:
-    """Is the cache this process's own (local memory), so no other worker's tombstone reaches it?"""
-    return isinstance(caches["default"], LocMemCache)
+    """Is the cache this process's own (local memory), so no other worker's
+    tombstone reaches it? Asked on every token check: worked out once per CACHES."""
+    global _local_cache
+    if _local_cache is None:
+        _local_cache = isinstance(caches["default"], LocMemCache)
+    return _local_cache
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    global _local_cache
+    if setting == "CACHES":
+        _local_cache = None
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="accounts.revocations.caches")
 
 
 def l1_epoch() -> SharedEpoch:
