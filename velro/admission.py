@@ -28,6 +28,7 @@ Platform code: velro imports no app.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import math
@@ -230,10 +231,16 @@ class MachineSlots:
     caches) or, set to one per worker, sheds in a busy worker while another
     sits idle. The machine's cores are the real bound. The kernel drops a
     process's locks when it dies, so a worker killed mid-hash leaks no slot.
-    A waiter polls, every `poll` seconds at first and backing off, until its deadline (no order among
-    waiters of different processes: the wait itself is bounded). If the slot
-    files cannot be used (permissions, no such file system), the bound is
-    skipped with one warning: hashing never fails because of it.
+    A waiter polls, every `poll` seconds at first and backing off, until its deadline. A freed slot
+    is mostly taken at once by a waiter of the process that freed it (its own
+    queue wakes it, no poll), so a waiter in another process could lose every
+    round until its deadline and be shed at modest load. So a waiter that has
+    waited `starve_after` seconds says so (a shared lock on the `waiting`
+    file, which the kernel also drops if its process dies) and then polls at
+    the base interval, and everyone else (newcomers and shorter waiters)
+    leaves free slots to such waiters: a turn comes within about one hash.
+    If the slot files cannot be used (permissions, no such file system), the
+    bound is skipped with one warning: hashing never fails because of it.
     """
 
     def __init__(
@@ -242,15 +249,18 @@ class MachineSlots:
         count: int,
         *,
         poll: float = 0.002,
+        starve_after: float = 0.15,
         clock: Clock = time.monotonic,
         sleep: Callable[[float], Any] = time.sleep,
     ) -> None:
         self.directory = directory
         self.count = count
         self.poll = poll
+        self.starve_after = starve_after
         self._clock = clock
         self._sleep = sleep
         self._paths = [os.path.join(directory, f"slot-{index}") for index in range(count)]
+        self._waiting_path = os.path.join(directory, "waiting")
         self._next = 0  # where this process tries first, so its threads spread over the files
         self._broken = False
         # Each thread opens the slot files once and keeps them: flock tells
@@ -259,22 +269,44 @@ class MachineSlots:
         self._local = threading.local()
 
     def _fds(self) -> list[int]:
+        """This thread's descriptors: one per slot, then the `waiting` file's."""
         fds = getattr(self._local, "fds", None)
         # Opened again in a forked child: inherited descriptors share their
         # open files (and locks) with the parent's.
         if fds is None or self._local.pid != os.getpid():
             os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for path in self._paths]
+            paths = [*self._paths, self._waiting_path]
+            fds = [os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600) for path in paths]
             self._local.fds, self._local.pid = fds, os.getpid()
         return fds
 
-    def try_acquire(self) -> int | None:
-        """A held slot (its file descriptor), or None when every slot is taken."""
+    def _someone_waited_long(self) -> bool:
+        """Does a waiter that has waited starve_after hold its shared lock on `waiting`?"""
+        waiting = self._fds()[-1]
+        try:
+            fcntl.flock(waiting, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(waiting, fcntl.LOCK_UN)
+        return False
+
+    def _say_waited_long(self) -> bool:
+        try:
+            fcntl.flock(self._fds()[-1], fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # another thread's probe holds it for a moment: next poll
+            return False
+        return True
+
+    def try_acquire(self, *, defer: bool = False) -> int | None:
+        """A held slot (its file descriptor), or None when every slot is taken
+        (or, with `defer`, when a waiter that has waited long may take it)."""
+        if defer and self._someone_waited_long():
+            return None
         fds = self._fds()
         start = self._next
         self._next = (start + 1) % self.count
         for offset in range(self.count):
-            fd = fds[(start + offset) % self.count]
+            fd = fds[(start + offset) % self.count]  # fds[-1] is `waiting`: never a slot
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -286,23 +318,31 @@ class MachineSlots:
         """A held slot within `timeout` seconds, else None (-1: the bound is off)."""
         if self._broken:
             return -1
-        deadline = self._clock() + timeout
+        started = self._clock()
+        deadline = started + timeout
         pause = self.poll
+        waited_long = False
         try:
             while True:
-                fd = self.try_acquire()
+                fd = self.try_acquire(defer=not waited_long)
                 now = self._clock()
                 if fd is not None or now >= deadline:
                     return fd
-                # Back off (to 4 polls' worth): a long wait costs fewer wake-ups,
-                # and a freed slot is mostly taken at once by a waiter of the
-                # process that freed it (its own queue wakes it, no poll).
-                self._sleep(min(pause, deadline - now))
+                if not waited_long and now - started >= self.starve_after:
+                    waited_long = self._say_waited_long()
+                # Back off (to 4 polls' worth): a long wait costs fewer
+                # wake-ups; a waiter that has waited long polls at the base
+                # interval, since free slots are left to it.
+                self._sleep(min(self.poll if waited_long else pause, deadline - now))
                 pause = min(pause * 2, self.poll * 4)
         except OSError as exc:
             self._broken = True
             logger.warning("hashing slots in %s unusable (%s): per-process bound only", self.directory, exc)
             return -1
+        finally:
+            if waited_long:
+                with contextlib.suppress(OSError):
+                    fcntl.flock(self._fds()[-1], fcntl.LOCK_UN)
 
     @staticmethod
     def release(fd: int) -> None:

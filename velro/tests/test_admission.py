@@ -462,6 +462,70 @@ def test_a_machine_slot_waiter_gives_up_at_its_deadline(tmp_path):
     MachineSlots.release(fd)
 
 
+def _waiter(tmp_path, clock: FakeClock, between_polls) -> MachineSlots:
+    """A machine-slot waiter (as another process) whose polls are 10 ms apart on
+    `clock`; `between_polls(now)` runs in each pause, as other processes would."""
+
+    def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+        between_polls(clock.now)
+
+    return MachineSlots(str(tmp_path), 1, poll=0.01, starve_after=0.05, clock=clock, sleep=sleep)
+
+
+def test_a_slot_freed_after_a_waiter_has_waited_long_goes_to_that_waiter_not_to_a_newcomer(tmp_path):
+    """The freeing process's own next hash would otherwise take it at once,
+    round after round, until the other process's waiter is shed."""
+    clock = FakeClock()
+    holder, newcomer = MachineSlots(str(tmp_path), 1), MachineSlots(str(tmp_path), 1)
+    held = [holder.try_acquire()]
+    newcomer_got = []
+
+    def between_polls(now: float) -> None:
+        if now >= 1000.075 and held:  # the waiter has said it waited long (at 1000.07): the slot is freed
+            MachineSlots.release(held.pop())
+            newcomer_got.append(newcomer.acquire(0.0))
+
+    fd = _waiter(tmp_path, clock, between_polls).acquire(0.5)
+    assert newcomer_got == [None]  # it left the free slot to the waiter
+    assert fd is not None and fd >= 0
+    assert clock.now < 1000.1  # at the waiter's next poll
+    assert newcomer.try_acquire(defer=True) is None  # the waiter holds it now
+    MachineSlots.release(fd)
+    fd = newcomer.try_acquire(defer=True)  # the waiter has stopped saying it waited long
+    assert fd is not None
+    MachineSlots.release(fd)
+
+
+def test_before_anyone_has_waited_long_a_newcomer_takes_a_free_slot(tmp_path):
+    clock = FakeClock()
+    holder, newcomer = MachineSlots(str(tmp_path), 1), MachineSlots(str(tmp_path), 1)
+    held = [holder.try_acquire()]
+    newcomer_got = []
+
+    def between_polls(now: float) -> None:
+        if held:  # freed after the waiter's first poll, well before starve_after
+            MachineSlots.release(held.pop())
+            newcomer_got.append(newcomer.acquire(0.0))
+        if now >= 1000.1 and newcomer_got and newcomer_got[0] is not None:
+            MachineSlots.release(newcomer_got.pop())
+
+    fd = _waiter(tmp_path, clock, between_polls).acquire(0.5)
+    assert newcomer_got == []  # it had the slot, then gave it back
+    assert fd is not None and clock.now >= 1000.1
+    MachineSlots.release(fd)
+
+
+def test_a_waiter_that_gives_up_stops_saying_it_waited_long(tmp_path):
+    clock = FakeClock()
+    held = MachineSlots(str(tmp_path), 1).try_acquire()
+    assert _waiter(tmp_path, clock, lambda now: None).acquire(0.2) is None
+    MachineSlots.release(held)
+    fd = MachineSlots(str(tmp_path), 1).try_acquire(defer=True)
+    assert fd is not None
+    MachineSlots.release(fd)
+
+
 def test_a_process_killed_while_holding_a_machine_slot_leaks_nothing(tmp_path):
     import signal
     import subprocess
