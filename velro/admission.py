@@ -47,6 +47,7 @@ from django.core.signals import setting_changed
 
 from velro import context
 from velro.errors import Overloaded
+from velro.hashpool import inline_when
 from velro.signals import admission_shed
 
 logger = logging.getLogger("velro.admission")
@@ -297,6 +298,20 @@ class MachineSlots:
             return False
         return True
 
+    def others_free(self, held: int) -> bool:
+        """Is every slot but `held` free (no other hash on the machine)? Each is
+        tried and let go at once: a poller that tries it in that instant
+        polls again."""
+        for fd in self._fds()[:-1]:
+            if fd == held:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+
     def try_acquire(self, *, defer: bool = False) -> int | None:
         """A held slot (its file descriptor), or None when every slot is taken
         (or, with `defer`, when a waiter that has waited long may take it)."""
@@ -368,7 +383,8 @@ def machine_slots() -> MachineSlots | None:
 @contextmanager
 def machine_slot(admission: Admission, timeout: float) -> Iterator[None]:
     """Hold one of the machine's hashing slots for the block; shed
-    (QUEUE_TIMEOUT) when none frees up within `timeout` seconds."""
+    (QUEUE_TIMEOUT) when none frees up within `timeout` seconds. With every
+    other slot free, the block's hashes run on the caller's thread."""
     slots = machine_slots()
     if slots is None:
         yield
@@ -377,7 +393,9 @@ def machine_slot(admission: Admission, timeout: float) -> Iterator[None]:
     if fd is None:
         raise admission.shed(QUEUE_TIMEOUT)
     try:
-        yield
+        # The only hash on the machine: it runs on the request's thread (velro.hashpool).
+        with inline_when(fd >= 0 and slots.others_free(fd)):
+            yield
     finally:
         slots.release(fd)
 

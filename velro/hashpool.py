@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import TypeVar
 
 from django.conf import settings
@@ -72,9 +73,26 @@ def _executor() -> ThreadPoolExecutor | None:
         return _pool
 
 
+_inline = threading.local()
+
+
+@contextmanager
+def inline_when(alone: bool) -> Iterator[None]:
+    """Within the block, hashes of this thread run on it when `alone` (the
+    caller knows no other hash is running on the machine: velro.admission's
+    machine slots): with no other hash to make room for, the lower priority
+    buys nothing and the handoff costs a quiet login 2-3 ms."""
+    previous = getattr(_inline, "on", False)
+    _inline.on = alone
+    try:
+        yield
+    finally:
+        _inline.on = previous
+
+
 def hash_run(work: Callable[..., T], *args: object) -> T:
     """`work(*args)` on a hash thread (lower priority); its result or its exception."""
     pool = _executor()
-    if pool is None:
+    if pool is None or getattr(_inline, "on", False):
         return work(*args)
     return pool.submit(work, *args).result()

@@ -26,10 +26,12 @@ from velro.admission import (
     MachineSlots,
     client_gone,
     password_admission,
+    password_hashing,
     request_age,
     request_check,
 )
 from velro.errors import Overloaded
+from velro.hashpool import hash_run
 from velro.signals import admission_shed
 
 LONG = 30.0  # a real timeout no test reaches
@@ -524,6 +526,28 @@ def test_a_waiter_that_gives_up_stops_saying_it_waited_long(tmp_path):
     fd = MachineSlots(str(tmp_path), 1).try_acquire(defer=True)
     assert fd is not None
     MachineSlots.release(fd)
+
+
+def test_the_only_hash_on_the_machine_runs_on_the_requests_thread_one_beside_another_on_the_nicer_pool(
+    settings, tmp_path
+):
+    settings.HASH_SLOTS_DIR = str(tmp_path)
+    settings.HASH_MACHINE_SLOTS = 2
+    settings.HASH_NICE = 5
+    caller = threading.get_native_id()
+    with password_hashing():
+        assert hash_run(threading.get_native_id) == caller  # alone on the machine
+    elsewhere = MachineSlots(str(tmp_path), 2).try_acquire()  # another process is hashing
+    try:
+        with password_hashing():
+            assert hash_run(threading.get_native_id) != caller
+    finally:
+        MachineSlots.release(elsewhere)
+    # The probe let the other slot go again: both are free.
+    one, two = MachineSlots(str(tmp_path), 2).try_acquire(), MachineSlots(str(tmp_path), 2).try_acquire()
+    assert one is not None and two is not None
+    MachineSlots.release(one)
+    MachineSlots.release(two)
 
 
 def test_a_process_killed_while_holding_a_machine_slot_leaks_nothing(tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from django.contrib.auth.hashers import Argon2PasswordHasher
 
 from accounts.hashers import Argon2idPasswordHasher
-from velro.hashpool import hash_run
+from velro.hashpool import hash_run, inline_when
 
 
 def _nice() -> int:
@@ -37,6 +37,17 @@ def test_the_hash_threads_are_the_pools_and_few():
 def test_with_hash_nice_0_the_hash_runs_on_the_callers_thread(settings):
     settings.HASH_NICE = 0
     assert hash_run(threading.get_native_id) == threading.get_native_id()
+
+
+def test_inside_inline_when_alone_the_hash_runs_on_the_callers_thread_and_at_its_priority():
+    caller = threading.get_native_id()
+    with inline_when(True):
+        assert hash_run(threading.get_native_id) == caller
+        assert hash_run(_nice) == _nice()
+        with inline_when(False):  # nested: the inner answer holds inside it
+            assert hash_run(threading.get_native_id) != caller
+        assert hash_run(threading.get_native_id) == caller
+    assert hash_run(threading.get_native_id) != caller
 
 
 def test_an_exception_of_the_work_reaches_the_caller():
