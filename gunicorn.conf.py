@@ -140,7 +140,7 @@ def post_worker_init(worker: Any) -> None:
     optimisation: a failure is logged and the worker serves anyway.
     """
     try:
-        from velro.warmup import warm_up
+        from velro.warmup import freeze_startup_objects, warm_up
     except ImportError as exc:
         worker.log.warning("warm-up skipped: importing velro.warmup failed: %s", exc)
         return
@@ -149,4 +149,5 @@ def post_worker_init(worker: Any) -> None:
     except Exception:  # never let warm-up take a worker down
         worker.log.exception("warm-up failed; the worker serves without it")
     else:
-        worker.log.info("worker warmed up")
+        frozen = freeze_startup_objects()  # full GC passes no longer walk them (velro/warmup.py)
+        worker.log.info("worker warmed up (%d start-up objects frozen)", frozen)

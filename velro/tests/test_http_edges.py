@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import socket
 import threading
 import time
@@ -454,3 +455,10 @@ def test_invalid_utf8_in_a_query_string_is_not_an_error(client, caplog):
     response = client.get("/auth/v1/settings?x=%ff%fe")
     assert response.status_code == 200
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_a_warmed_up_worker_has_frozen_its_start_up_objects(server):
+    """Out of the collector's sight, a full collection no longer walks them (velro.warmup)."""
+    frozen = re.search(r"worker warmed up \((\d+) start-up objects frozen\)", server.log_text())
+    assert frozen is not None, server.log_tail(1500)
+    assert int(frozen.group(1)) > 10_000  # Django and the apps: ~150,000
