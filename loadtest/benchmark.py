@@ -362,6 +362,7 @@ def summarize_raw(target: str, scenario: str, mode: str, result: RawResult) -> d
         "warmup_errors": dict(result.warmup_errors),
         "ramp_s": round(result.ramp_s, 2),
         "generator_lag_p99_ms": rounded(percentile(result.lag_ms, 99)),
+        "generator_gc_pause_max_ms": rounded(max(result.gc_pauses_ms, default=0.0)),
     }
     if scenario == "overload":
         row["shed"] = {"count": len(result.latencies([503])), **_stats(result.latencies([503]))}
