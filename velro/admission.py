@@ -281,15 +281,20 @@ class MachineSlots:
             self._local.fds, self._local.pid = fds, os.getpid()
         return fds
 
+    @staticmethod
+    def _unlocked(fd: int) -> bool:
+        """Is nobody holding a lock on `fd`'s file? Tried exclusively and let go at
+        once (a poller that tries it in that instant polls again)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return True
+
     def _someone_waited_long(self) -> bool:
         """Does a waiter that has waited starve_after hold its shared lock on `waiting`?"""
-        waiting = self._fds()[-1]
-        try:
-            fcntl.flock(waiting, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(waiting, fcntl.LOCK_UN)
-        return False
+        return not self._unlocked(self._fds()[-1])
 
     def _say_waited_long(self) -> bool:
         try:
@@ -299,18 +304,8 @@ class MachineSlots:
         return True
 
     def others_free(self, held: int) -> bool:
-        """Is every slot but `held` free (no other hash on the machine)? Each is
-        tried and let go at once: a poller that tries it in that instant
-        polls again."""
-        for fd in self._fds()[:-1]:
-            if fd == held:
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        return True
+        """Is every slot but `held` free (no other hash on the machine)?"""
+        return all(self._unlocked(fd) for fd in self._fds()[:-1] if fd != held)
 
     def try_acquire(self, *, defer: bool = False) -> int | None:
         """A held slot (its file descriptor), or None when every slot is taken
