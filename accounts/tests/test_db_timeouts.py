@@ -26,7 +26,7 @@ from accounts.models import RefreshToken, Session, User
 from accounts.tests.factories import DEFAULT_PASSWORD, UserFactory
 from accounts.tokens import refresh_token_hash
 from velro.db import db_budget
-from velro.tests.support import stalled_inserts
+from velro.tests.support import second_connection, stalled_inserts
 
 LOGIN = "/api/v1/auth/login"
 SIGNUP = "/api/v1/auth/signup"
@@ -63,17 +63,9 @@ def expected_ms() -> dict[str, int]:
     }
 
 
-def second_connection() -> psycopg.Connection:
+def plain_connection() -> psycopg.Connection:
     """A plain psycopg connection to the test database (not Django's, no timeouts of ours)."""
-    s = connection.settings_dict
-    params = {
-        "dbname": s["NAME"],
-        "user": s.get("USER"),
-        "password": s.get("PASSWORD"),
-        "host": s.get("HOST"),
-        "port": s.get("PORT"),
-    }
-    return psycopg.connect(connect_timeout=5, **{k: v for k, v in params.items() if v})
+    return second_connection(app_timeouts=False, connect_timeout=5)
 
 
 def assert_unavailable(response) -> None:
@@ -157,7 +149,7 @@ def test_db_budget_defaults_to_the_auth_settings(settings):
 @pytest.mark.django_db(transaction=True)
 def test_db_budget_lock_wait_gives_up_with_lock_not_available():
     user = UserFactory()
-    other = second_connection()
+    other = plain_connection()
     try:
         other.execute("SELECT id FROM auth_users WHERE id = %s FOR UPDATE", [user.pk])
         started = time.monotonic()
@@ -242,7 +234,7 @@ def test_refresh_blocked_by_a_held_row_lock_answers_503_then_succeeds_once_relea
     user = UserFactory()
     api = APIClient()
     raw = api.post(LOGIN, {"email": user.email, "password": DEFAULT_PASSWORD}, format="json").json()["refresh_token"]
-    other = second_connection()
+    other = plain_connection()
     try:
         locked = other.execute(
             "SELECT id FROM auth_refresh_tokens WHERE token_hash = %s FOR UPDATE", [refresh_token_hash(raw)]

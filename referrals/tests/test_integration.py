@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from io import StringIO
 
-import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection
@@ -45,6 +44,7 @@ from referrals.tests.conftest import (
 )
 from velro import tasks as velro_tasks
 from velro.celery import app as celery_app
+from velro.tests.support import second_connection
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -119,18 +119,6 @@ def _settled(*workers: Worker, quiet: float = 0.5, timeout: float = 15.0) -> Non
         if time.monotonic() >= deadline:
             raise AssertionError(f"workers still busy after {timeout} s: {[w.log_tail(10) for w in workers]}")
         time.sleep(0.05)
-
-
-def _psycopg_connect() -> psycopg.Connection:
-    db = connection.settings_dict
-    params = {
-        "dbname": db["NAME"],
-        "user": db.get("USER") or None,
-        "password": db.get("PASSWORD") or None,
-        "host": db.get("HOST") or "127.0.0.1",
-        "port": db.get("PORT") or "5432",
-    }
-    return psycopg.connect(**{key: value for key, value in params.items() if value}, autocommit=False)
 
 
 def _lock_waiters() -> list[tuple[int, str]]:
@@ -359,7 +347,7 @@ def test_worker_killed_mid_task_the_referral_is_still_credited_exactly_once(smtp
     first = celery_worker("w1", env=patient)
     referrer = UserFactory(email="killed-referrer@example.com")
 
-    locker = _psycopg_connect()
+    locker = second_connection(app_timeouts=False)
     try:
         with locker.cursor() as cursor:
             cursor.execute("SELECT code FROM referral_codes WHERE user_id = %s FOR UPDATE", [referrer.pk])

@@ -14,7 +14,6 @@ from dataclasses import asdict
 from datetime import timedelta
 from io import StringIO
 
-import psycopg
 import pytest
 from django.core import mail
 from django.core.management import call_command
@@ -43,7 +42,7 @@ from referrals.tests.factories import (
     refer,
     refer_rejected,
 )
-from velro.tests.support import run_concurrently
+from velro.tests.support import run_concurrently, second_connection
 
 pytestmark = pytest.mark.django_db(transaction=False)
 
@@ -596,24 +595,12 @@ def test_sync_referrals_command_prints_the_summary(referrer, locmem):
 # --- concurrency: row claims on a real second connection ------------------------------------------
 
 
-def other_connection() -> psycopg.Connection:
-    params = connection.settings_dict
-    return psycopg.connect(
-        dbname=params["NAME"],
-        user=params["USER"] or None,
-        password=params["PASSWORD"] or None,
-        host=params["HOST"] or None,
-        port=params["PORT"] or None,
-        connect_timeout=3,
-    )
-
-
 @pytest.mark.postgresql
 @pytest.mark.django_db(transaction=True)
 def test_an_intent_locked_by_another_worker_is_skipped_without_waiting():
     referrer = UserFactory()
     intent = ReferralIntentFactory(code=code_of(referrer))
-    with other_connection() as other:
+    with second_connection(app_timeouts=False, connect_timeout=3) as other:
         other.execute("SELECT id FROM referral_intents WHERE id = %s FOR UPDATE", [intent.pk])
         started = time.monotonic()
         outcome = services.referral_intent_process(intent_id=intent.pk)

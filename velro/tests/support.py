@@ -455,16 +455,21 @@ def run_concurrently(work: Any, n: int = 6) -> list:
 # --- a stalled database ---------------------------------------------------------------------------
 
 
-def second_connection(**kwargs: Any) -> Any:
+def second_connection(*, app_timeouts: bool = True, **kwargs: Any) -> Any:
     """A psycopg connection of its own to the test database, beside Django's
-    (to hold a lock, watch pg_stat_activity, end a backend); `kwargs` for psycopg.connect."""
+    (to hold a lock, watch pg_stat_activity, end a backend); `kwargs` for
+    psycopg.connect. With `app_timeouts=False`, without the statement, lock
+    and idle-in-transaction timeouts the settings give every connection (a
+    locker that must outlast them, a check of what a plain session shows)."""
     import psycopg
     from django.db import connection
 
     params = connection.get_connection_params()
     for name in ("cursor_factory", "context"):  # Django's own, not psycopg.connect's
         params.pop(name, None)
-    return psycopg.connect(**params, **kwargs)
+    if not app_timeouts:
+        params.pop("options", None)  # the settings' `-c ..._timeout=` options
+    return psycopg.connect(**{**params, **kwargs})
 
 
 @contextlib.contextmanager
