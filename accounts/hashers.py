@@ -2,10 +2,46 @@
 
 from __future__ import annotations
 
+from argon2 import Type, extract_parameters
+from argon2.exceptions import InvalidHashError
 from django.contrib.auth.hashers import Argon2PasswordHasher, BCryptPasswordHasher
+from nacl.bindings import crypto_pwhash_str_verify
+from nacl.exceptions import InvalidkeyError
 
 from velro.context import phase
 from velro.hashpool import hash_run
+
+# libsodium refuses a hash string of crypto_pwhash_STRBYTES (128) bytes or more.
+_SODIUM_MAX_ENCODED = 127
+
+
+def sodium_verifies(phc: str) -> bool:
+    """Does libsodium verify this PHC string (`$argon2id$v=19$...`) exactly as
+    argon2-cffi would? Its argon2 covers argon2id and argon2i, version 1.3, one
+    lane; anything else (argon2d, v=16, p > 1, a malformed string) is left to
+    argon2-cffi."""
+    if len(phc) > _SODIUM_MAX_ENCODED or not phc.isascii():
+        return False
+    try:
+        params = extract_parameters(phc)
+    except InvalidHashError:
+        return False
+    return params.type in (Type.ID, Type.I) and params.version == 19 and params.parallelism == 1
+
+
+def argon2_verify(password: str, phc: str) -> bool | None:
+    """libsodium's verify of `password` against `phc`; None where it does not
+    apply (sodium_verifies). Same hash, same parameters, same constant-time
+    comparison as argon2-cffi's, but libsodium picks its AVX2/AVX-512 Blake2b
+    rounds at run time where argon2-cffi's portable wheel runs SSE2 ones: a
+    login's verify is ~15% cheaper (README: Performance)."""
+    if not sodium_verifies(phc):
+        return None
+    try:
+        crypto_pwhash_str_verify(phc.encode("ascii"), password.encode())
+    except InvalidkeyError:  # wrong password (or a salt/hash that does not decode)
+        return False
+    return True
 
 
 class Argon2idPasswordHasher(Argon2PasswordHasher):
@@ -22,12 +58,21 @@ class Argon2idPasswordHasher(Argon2PasswordHasher):
 
     # On a hash thread (velro.hashpool): the same work at a lower CPU priority.
     def encode(self, password: str, salt: str) -> str:
+        # Still argon2-cffi: libsodium takes only 16-byte salts, Django's are 22 characters.
         with phase("hash"):
             return hash_run(super().encode, password, salt)
 
     def verify(self, password: str, encoded: str) -> bool:
         with phase("hash"):
-            return hash_run(super().verify, password, encoded)
+            return hash_run(self._verify, password, encoded)
+
+    def _verify(self, password: str, encoded: str) -> bool:
+        algorithm, _, rest = encoded.partition("$")
+        if algorithm == self.algorithm:
+            verified = argon2_verify(password, "$" + rest)
+            if verified is not None:
+                return verified
+        return super().verify(password, encoded)
 
 
 class SupabaseBCryptPasswordHasher(BCryptPasswordHasher):

@@ -170,9 +170,28 @@ def test_the_benchmark_runs_every_scenario_against_velro_and_the_peer(needs_bina
     assert {"machine", "floor", "figures", "runs", "config", "targets", "load_average", "notes"} <= set(saved)
     assert {"nproc", "cpu_model", "ram_bytes", "python"} <= set(saved["machine"])
     assert saved["floor"]["samples"] == 3
+    assert set(saved["floor"]["libraries"]) == {"argon2-cffi", "libsodium"}
     assert saved["targets"]["peer"]["url"].startswith("http://127.0.0.1:")
     png = out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_floor_is_the_fastest_verify_of_either_library_before_or_after_the_runs():
+    def floor(library, median):
+        return {"library": library, "median_ms": median, "samples": 3}
+
+    before = {"argon2-cffi": floor("argon2-cffi", 21.0), "libsodium": floor("libsodium", 18.5)}
+    after = {"argon2-cffi": floor("argon2-cffi", 20.0), "libsodium": floor("libsodium", 19.0)}
+    combined = benchmark.combine_floors(before, after)
+    assert (combined["library"], combined["chosen"], combined["median_ms"]) == ("libsodium", "before", 18.5)
+    assert combined["after"] == after["libsodium"]
+    assert combined["libraries"]["argon2-cffi"] == {"before": before["argon2-cffi"], "after": after["argon2-cffi"]}
+
+
+def test_both_libraries_time_the_same_argon2id_verify():
+    floors = benchmark.measure_argon2_floors(1)
+    assert set(floors) == {"argon2-cffi", "libsodium"}
+    assert all(f["samples"] == 1 and f["median_ms"] > 0 and f["memory_cost_kib"] == 19456 for f in floors.values())
 
 
 def test_wrk_counts_every_status(needs_binaries):
