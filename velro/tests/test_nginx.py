@@ -15,7 +15,9 @@ Without nginx installed the tests skip, and fail under CI=true
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -26,6 +28,7 @@ import yaml
 from django.conf import settings
 
 from loadtest.proxy import NginxProxy, main_config, site_config
+from loadtest.supervisor import children
 from monitoring.models import AuditEvent
 from velro.errors import DEFAULT_BODY_LIMIT, RETRY_AFTER_SECONDS, Unavailable, unavailable_response
 from velro.tests.support import BASE_DIR, HOST, GunicornServer, KeepAliveClient, free_port, http_get, required_binary
@@ -195,7 +198,7 @@ def test_health_over_one_kept_alive_client_connection(nginx):
     assert served[-1]["connection_requests"] >= 30
 
 
-def _gunicorn_peer_ports(port: int) -> set[int]:
+def _gunicorn_peer_ports(port: int, *, established_only: bool = False) -> set[int]:
     """The client-side ports of every TCP connection to 127.0.0.1:<port> (established or closing), from /proc."""
     peers = set()
     with open("/proc/net/tcp") as table:
@@ -203,7 +206,7 @@ def _gunicorn_peer_ports(port: int) -> set[int]:
         for line in table:
             fields = line.split()
             local, remote, state = fields[1], fields[2], fields[3]
-            if state == "0A":  # LISTEN
+            if state == "0A" or (established_only and state != "01"):  # LISTEN; ESTABLISHED is 01
                 continue
             local_port, remote_port = int(local.split(":")[1], 16), int(remote.split(":")[1], 16)
             if local_port == port:
@@ -222,6 +225,40 @@ def test_nginx_reuses_its_connections_to_gunicorn(nginx, gunicorn):
     new = _gunicorn_peer_ports(gunicorn.port) - before
     # Without upstream keep-alive each request opens (and leaves in TIME_WAIT) its own connection.
     assert len(new) <= 2, f"gunicorn saw {len(new)} new connections for 20 requests"
+
+
+@pytest.mark.django_db
+def test_a_burst_as_large_as_gunicorns_threads_reuses_the_connections_of_the_burst_before(nginx, gunicorn):
+    # gunicorn.conf.py's defaults on 2 cores: 5 workers x 8 threads serve 40 requests at
+    # once. A smaller upstream cache (it was 16) made nginx open connections for every
+    # burst and close them after: accept, set-up and close in gunicorn's Python each time.
+    burst = 40
+    (worker,) = children(gunicorn.proc.pid)
+    clients = [KeepAliveClient(HOST, nginx.port) for _ in range(burst)]
+
+    def one_burst() -> set[int]:
+        before = _gunicorn_peer_ports(gunicorn.port)
+        # The worker stopped: every request of the burst is in flight on a connection of its own.
+        os.kill(worker, signal.SIGSTOP)
+        try:
+            for client in clients:
+                client.sock.sendall(f"GET /health HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+            deadline = time.monotonic() + 5
+            while len(_gunicorn_peer_ports(gunicorn.port, established_only=True)) < burst:
+                assert time.monotonic() < deadline, "nginx did not hold one upstream connection per request"
+                time.sleep(0.02)
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        assert [client.read_response().status for client in clients] == [200] * burst
+        return _gunicorn_peer_ports(gunicorn.port) - before
+
+    try:
+        one_burst()
+        again = one_burst()
+    finally:
+        for client in clients:
+            client.close()
+    assert len(again) <= 2, f"the second burst of {burst} opened {len(again)} new connections to gunicorn"
 
 
 @pytest.mark.django_db(transaction=True)
